@@ -1,0 +1,46 @@
+# raytron: `make demo` sets everything up in .venv and runs the demo; `make test` runs the tests.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: venv demo demo-down test test-fast bench clean
+
+venv: $(STAMP)
+
+# Reinstalls whenever pyproject.toml (the one place versions are pinned) changes.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip setuptools wheel
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+demo: venv
+	@echo "== starting the embedded local Ray head (127.0.0.1 only)"
+	$(BIN)/raytron up
+	@echo "== submitting examples/hello.yaml and following it to the end"
+	$(BIN)/raytron submit examples/hello.yaml --wait
+	@echo "== the same job on 2 workers, overriding the spec from the command line"
+	$(BIN)/raytron submit examples/hello.yaml --wait --set resources.num_workers=2 --set python.kwargs.greeting=hi
+	$(BIN)/raytron jobs
+	$(BIN)/raytron status
+	@echo "== the head keeps running for your own jobs; 'make demo-down' or '$(BIN)/raytron down' stops it"
+
+demo-down: venv
+	$(BIN)/raytron down
+
+# The whole suite: fast tier plus real Ray heads (a few minutes on 2 cores).
+test: venv
+	$(BIN)/python -m pytest
+
+# Seconds: specs, CLI validation, packaging; no cluster.
+test-fast: venv
+	$(BIN)/python -m pytest -m "not slow"
+
+# Baselines (Ray Serve, RLlib) come from the optional `bench` extra.
+bench: venv
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+	$(BIN)/raytron bench submit
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -1,0 +1,50 @@
+"""Helpers the tests share: running the raytron CLI as a subprocess with a private RAYTRON_HOME."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+RAYTRON = str(Path(sys.executable).parent / "raytron")
+JOBFUNCS = REPO / "tests" / "jobfuncs"
+
+
+@dataclass
+class CliResult:
+    returncode: int
+    stdout: str
+    stderr: str
+
+    @property
+    def output(self) -> str:
+        return self.stdout + self.stderr
+
+
+def base_env(home: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "RAYTRON_"))}
+    env["RAYTRON_HOME"] = str(home)
+    env["PYTHONUNBUFFERED"] = "1"
+    env["COLUMNS"] = "200"  # keep rich from wrapping messages the tests read
+    return env
+
+
+def run_cli(*args: str, env: dict[str, str], timeout_s: float = 120, cwd: Path | None = None) -> CliResult:
+    proc = subprocess.run([RAYTRON, *args], env=env, capture_output=True, text=True, timeout=timeout_s, cwd=cwd or REPO)
+    return CliResult(proc.returncode, proc.stdout, proc.stderr)
+
+
+@dataclass
+class Head:
+    home: Path
+    address: str
+    env: dict[str, str]
+
+    def cli(self, *args: str, timeout_s: float = 120) -> CliResult:
+        return run_cli(*args, env=self.env, timeout_s=timeout_s)
+
+

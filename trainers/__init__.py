@@ -1,0 +1,3 @@
+"""Training on Ray: data-parallel (DDP) and DeepSpeed strategies, checkpoints, tuning and RL."""
+
+__all__: list[str] = []
