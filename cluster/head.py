@@ -18,6 +18,7 @@ import hashlib
 import json
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -146,6 +147,8 @@ def stop_local_head(home: Path, *, timeout_s: float = 20.0) -> HeadInfo | None:
             return None
         _terminate(info.pid, info.temp_dir, timeout_s)
         (home / _STATE_FILE).unlink(missing_ok=True)
+        # Ray's session dirs (logs, sockets, spilled objects) belong to this head alone.
+        shutil.rmtree(info.temp_dir, ignore_errors=True)
         return info
 
 
@@ -157,7 +160,7 @@ def _start(config: LocalHeadConfig, home: Path) -> HeadInfo:
 
     token_path = home / _TOKEN_FILE
     if not token_path.exists():
-        write_bytes_atomic(token_path, secrets.token_hex(32).encode())
+        write_bytes_atomic(token_path, secrets.token_hex(32).encode(), mode=0o600)
     token_path.chmod(0o600)
     temp_dir = _temp_dir_for(home)
     ports = _free_ports(9)

@@ -11,16 +11,22 @@ from typing import Any
 __all__ = ["write_bytes_atomic", "write_json_atomic"]
 
 
-def write_bytes_atomic(path: str | Path, data: bytes) -> Path:
+def write_bytes_atomic(path: str | Path, data: bytes, *, mode: int | None = None) -> Path:
     """Write `data` to `path` atomically: a crash leaves either the old file or the new one.
 
     The temporary file lives in the same directory (a rename is only atomic within a filesystem)
-    and is fsynced before the rename.
+    and is fsynced before the rename. `mode` defaults to what `open()` would give (0666 less the
+    umask); mkstemp alone would leave every file 0600.
     """
     path = Path(path)
+    if mode is None:
+        umask = os.umask(0)
+        os.umask(umask)
+        mode = 0o666 & ~umask
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()

@@ -43,3 +43,4 @@ def test_submit_starts_a_head_and_down_stops_every_process(tmp_path):
     assert "stopped" in down.stderr
     assert not (home / "head.json").exists()
     assert head_processes(info["temp_dir"]) == []
+    assert not Path(info["temp_dir"]).exists()

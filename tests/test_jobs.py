@@ -37,7 +37,9 @@ def test_python_job_that_writes_a_file_succeeds(head, write_spec, tmp_path):
     assert f"wrote {target}" in result.stdout  # the job's own output, streamed
     assert job_status(head, "writer-1") == "SUCCEEDED"
     # the result file lands under storage.path/<name>/<id>/
-    payload = json.loads((tmp_path / "runs" / "writer" / "writer-1" / "result.json").read_text())
+    result_file = tmp_path / "runs" / "writer" / "writer-1" / "result.json"
+    assert result_file.stat().st_mode & 0o044 == 0o044  # readable like any file the user writes
+    payload = json.loads(result_file.read_text())
     assert payload["result"] == {"path": str(target), "bytes": len("written on the cluster")}
     assert payload["spec"]["python"]["function"] == "jobfuncs:write_file"
 

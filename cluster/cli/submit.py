@@ -74,7 +74,9 @@ def follow(manager, job_id: str, t0: float) -> int:
     if record.status == "SUCCEEDED":
         err.print(f"[green]✔[/] {job_id} {styled_status(record.status)} in {elapsed}")
         return 0
-    detail = f": {record.message}" if record.message else ""
+    # Ray's failure message repeats the last 20,000 characters of the log, already streamed above.
+    first_line = record.message.strip().splitlines()[0] if record.message.strip() else ""
+    detail = f": {first_line.rstrip(',:')}" if first_line else ""
     err.print(f"[red]✘[/] {job_id} {styled_status(record.status)} after {elapsed}{detail}")
     if record.status == "FAILED":
         err.print(f"[dim]the traceback is in the log above; `raytron logs {job_id}` shows it again[/]")

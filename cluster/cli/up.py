@@ -21,12 +21,13 @@ def command(
     127.0.0.1 and the Jobs API requires a token kept in $RAYTRON_HOME (default ~/.raytron).
     """
     from raytron.cluster.cli._common import err, out
-    from raytron.cluster.head import LocalHeadConfig, start_local_head
+    from raytron.cluster.head import LocalHeadConfig, find_local_head, start_local_head
     from raytron.cluster.settings import Settings
 
     settings = Settings.from_env()
     config = LocalHeadConfig(home=settings.home, num_cpus=num_cpus, num_gpus=num_gpus, dashboard_port=dashboard_port, object_store_memory_bytes=object_store_memory_bytes)
-    err.print("[dim]starting a local Ray head on 127.0.0.1...[/]")
+    if find_local_head(settings.home) is None:
+        err.print("[dim]starting a local Ray head on 127.0.0.1...[/]")
     head, started = start_local_head(config)
     if not started:
         err.print(f"a local Ray head is already running (pid {head.pid}); `raytron down` stops it")
