@@ -74,7 +74,7 @@ def plan_epoch(
         batches = [batch_size] * k
     else:
         k = -(-max(sizes) // batch_size)
-        if n < k or min(sizes) == 0:
+        if min(sizes) < k:  # judged on the smallest rank, so every rank agrees
             raise DataError(
                 f"the split has {total} samples over {world_size} ranks with batch size {batch_size}: every rank cannot get "
                 f"the same number of batches ({k}) without repeating samples; use a batch size above 1, fewer ranks, or drop_last=True"
@@ -117,6 +117,10 @@ def consumed_per_worker(batch_counts: list[int], consumed: int) -> tuple[list[in
                 taken[w] += 1
                 pointer = (w + 1) % workers
                 break
+    for _ in range(workers):  # the next worker that still has batches
+        if taken[pointer] < batch_counts[pointer]:
+            break
+        pointer = (pointer + 1) % workers
     return taken, pointer
 
 

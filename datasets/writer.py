@@ -185,6 +185,10 @@ def build_shards(config: BuildConfig, *, on_progress: Callable[[_Progress], None
         open_shards.clear()
     except BaseException:
         for shard in open_shards.values():
+            try:
+                shard.writer.close()  # else the tar's finaliser later writes to the closed file
+            except Exception:
+                pass
             shard.file.close()
             shard.tmp.unlink(missing_ok=True)
         raise

@@ -7,7 +7,7 @@ import sys
 import click
 import typer
 
-from raytron.cluster.cli import bench, down, jobs, logs, status, stop, submit, up
+from raytron.cluster.cli import bench, data, down, jobs, logs, status, stop, submit, up
 
 app = typer.Typer(
     name="raytron",
@@ -19,6 +19,7 @@ app = typer.Typer(
 )
 for module in (up, down, status, submit, jobs, logs, stop, bench):
     app.command(module.NAME, help=module.command.__doc__)(module.command)
+app.add_typer(data.app, name=data.NAME)
 
 
 def main(argv: list[str] | None = None) -> int:
