@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv demo demo-down test test-fast bench clean
+.PHONY: venv demo demo-down test test-fast lint bench clean
 
 venv: $(STAMP)
 
@@ -24,6 +24,9 @@ demo: venv
 	$(BIN)/raytron submit examples/hello.yaml --wait --set resources.num_workers=2 --set python.kwargs.greeting=hi
 	$(BIN)/raytron jobs
 	$(BIN)/raytron status
+	@echo "== building WebDataset shards of the digits data set, then verifying every checksum"
+	$(BIN)/raytron data build --source digits --out .demo/digits --shard-size-bytes 262144
+	$(BIN)/raytron data inspect .demo/digits --verify
 	@echo "== the head keeps running for your own jobs; 'make demo-down' or '$(BIN)/raytron down' stops it"
 
 demo-down: venv
@@ -37,10 +40,14 @@ test: venv
 test-fast: venv
 	$(BIN)/python -m pytest -m "not slow"
 
+lint: venv
+	$(BIN)/ruff check cluster datasets trainers serving tests bench
+
 # Baselines (Ray Serve, RLlib) come from the optional `bench` extra.
 bench: venv
 	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
 	$(BIN)/raytron bench submit
+	$(BIN)/raytron bench data
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

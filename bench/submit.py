@@ -227,7 +227,7 @@ def _plot(plt, timed: list[Run], summary: dict, ratios: dict, repeats: int):
     metrics = [("first_output_s", "first job output", "submit_wait_first_output_speedup_vs_ray_job_submit"),
                ("end_to_end_s", "end to end (exit after SUCCEEDED)", "submit_wait_end_to_end_speedup_vs_ray_job_submit")]
     width = 0.36
-    for g, (metric, label, ratio_key) in enumerate(metrics):
+    for g, (metric, _label, ratio_key) in enumerate(metrics):
         for k, tool in enumerate((RAYTRON, BASELINE)):
             x = g + (k - 0.5) * width
             ax.bar(x, summary[metric][tool]["median"] or 0, width * 0.92, color=colors[tool], alpha=0.75, label=tool if g == 0 else None)

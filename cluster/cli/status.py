@@ -32,8 +32,8 @@ def command(address: AddressOption = None) -> int:
             usage.add_row(label, "-", "-", "0")
             continue
         used = res.used.get(key, 0.0)
-        show = (lambda v: fmt.format(v)) if fmt else _gib
-        usage.add_row(label, show(used), show(total - used), show(total))
+        cells = [fmt.format(v) if fmt else _gib(v) for v in (used, total - used, total)]
+        usage.add_row(label, *cells)
     out.print(usage)
     if res.as_of_s is not None:
         err.print(f"[dim]resource use as Ray's monitor saw it {max(0.0, time.time() - res.as_of_s):.1f} s ago[/]")
