@@ -30,7 +30,9 @@ class ManifestError(DataError):
 class ShardError(DataError):
     """A shard could not be read: truncated, corrupt, or not a tar file."""
 
-    def __init__(self, message: str, *, url: str, sample_key: str | None = None):
+    # `url` has a default because PyTorch re-raises a DataLoader worker's exception as
+    # `type(exc)(message)`: the type (and so `except ShardError`) survives the process boundary.
+    def __init__(self, message: str, *, url: str = "", sample_key: str | None = None):
         self.url = url
         self.sample_key = sample_key
         super().__init__(message)

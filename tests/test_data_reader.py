@@ -199,3 +199,18 @@ def test_http_source_on_loopback_matches_local(shards):
 def test_pipe_shard_urls(shards):
     piped = dataclasses.replace(shards, shards=[dataclasses.replace(s, name=f"pipe:cat {shards.url(s)}") for s in shards.shards])
     assert keys(ShardLoader(config(piped, shuffle_buffer=0), manifest=piped)) == keys(ShardLoader(config(shards, shuffle_buffer=0)))
+
+
+def test_a_shard_split_between_workers_is_still_checksummed(shards, tmp_path):
+    """The worker that reads a shard's tail has read all of it (tars are read from byte 0) and
+    checks it; the error keeps its type across the DataLoader's process boundary."""
+    m = copy_shards(shards, tmp_path / "c")
+    loader = ShardLoader(config(m, shuffle_buffer=0, num_workers=2))
+    split = [sl for sl in loader._plans(0)[0].slices if sl.stop < sl.shard.num_samples]
+    assert split, "the plan splits a shard between the two workers"
+    path = Path(m.url(split[0].shard))
+    data = bytearray(path.read_bytes())
+    data[700] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(ChecksumMismatch, match=path.name):
+        keys(loader)
