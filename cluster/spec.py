@@ -157,6 +157,10 @@ class JobSpec(SpecModel):
         """CPUs and GPUs the job's driver process itself reserves (the default: none)."""
         return (0.0, 0.0)
 
+    def resolve_paths(self, base_dir: Path) -> "JobSpec":
+        """Make a kind's own relative local paths absolute against the spec file's directory."""
+        return self
+
     def to_json(self) -> str:
         """The validated spec as JSON; `parse_spec(json.loads(...))` gives it back."""
         return self.model_dump_json()
@@ -358,7 +362,8 @@ def _resolve_paths(spec: JobSpec, base_dir: Path) -> JobSpec:
     storage = spec.storage.path
     if not spec.storage.is_uri and not storage.startswith("~") and not Path(storage).is_absolute():
         updates["storage"] = spec.storage.model_copy(update={"path": str((base_dir / storage).resolve())})
-    return spec.model_copy(update=updates) if updates else spec
+    spec = spec.model_copy(update=updates) if updates else spec
+    return spec.resolve_paths(base_dir)
 
 
 def _local_path_problems(spec: JobSpec) -> list[SpecProblem]:

@@ -1,0 +1,190 @@
+"""Data-parallel training on a real local Ray head: 2 CPU workers with gloo, real shards."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from helpers import JOBFUNCS, REPO
+from raytron.cluster import SpecError, parse_spec
+from raytron.datasets.reader import ReaderConfig, ShardLoader
+from raytron.datasets.sources import SourceConfig
+from raytron.datasets.writer import BuildConfig, build_shards
+from raytron.trainers.checkpoint import list_checkpoints, load_model_state
+from raytron.trainers.recipes import MLP
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory) -> str:
+    out = tmp_path_factory.mktemp("digits")
+    build_shards(BuildConfig(source=SourceConfig(spec="digits"), out_dir=out, shard_size_bytes=100_000, val_fraction=0.1, progress=False))
+    return str(out)
+
+
+def train_spec(tmp_path: Path, digits: str, name: str, workers: int = 2, model: dict | None = None, **train) -> Path:
+    body = {
+        "model": model or {"recipe": "mlp", "args": {"hidden": 32}},
+        "data": {"manifest": digits, "shuffle_buffer": 100},
+        "optimizer": {"name": "sgd", "lr": 0.05},
+        "steps": 20, "global_batch_size": 64, "precision": "fp32",
+        "checkpoint": {"every_steps": 10, "keep": 5}, "log_every_steps": 5,
+    }
+    body.update(train)
+    spec = {"name": name, "kind": "train", "resources": {"num_workers": workers, "cpus_per_worker": 1},
+            "runtime": {"working_dir": str(JOBFUNCS)}, "storage": {"path": str(tmp_path / "runs")}, "train": body}
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def metrics(tmp_path: Path, name: str) -> list[dict]:
+    return [json.loads(line) for line in (tmp_path / "runs" / name / "metrics.jsonl").read_text().splitlines()]
+
+
+def weights(tmp_path: Path, name: str) -> dict[str, torch.Tensor]:
+    return load_model_state(tmp_path / "runs" / name)
+
+
+# ----------------------------------------------------------------------------- fast: validation
+
+
+def base(**train) -> dict:
+    body = {"model": {"recipe": "mlp"}, "data": {"manifest": "/data"}, "steps": 10}
+    body.update(train)
+    return {"name": "t", "kind": "train", "resources": {"num_workers": 2}, "train": body}
+
+
+@pytest.mark.parametrize("data,path,words", [
+    (base(global_batch_size=63), "train.global_batch_size", "divisible by `resources.num_workers` (2)"),
+    (base(precision="fp16"), "train.precision", "fp16 needs a GPU"),
+    (base(model={"recipe": "mlp", "function": "m:f"}), "train.model", "exactly one"),
+    (base(steps=None), "train.epochs", "set `epochs` or `steps`"),
+    (base(precision="fp8"), "train.precision", "bf16"),
+    (base(optimizer={"lr": 0}), "train.optimizer.lr", "greater than 0"),
+    (base(model={"recipe": "resnet"}), "train.model.recipe", "mlp"),
+    (dict(base(), resources={"num_workers": 2, "gpus_per_worker": 0.5}), "resources.gpus_per_worker", "whole device"),
+], ids=["batch-not-divisible", "fp16-on-cpu", "recipe-and-function", "no-length", "bad-precision", "zero-lr", "unknown-recipe", "shared-gpu"])
+def test_invalid_train_specs_name_the_field(data, path, words):
+    with pytest.raises(SpecError) as info:
+        parse_spec(data)
+    assert path in info.value.paths, str(info.value)
+    assert words in str(info.value)
+
+
+def test_example_train_spec_resolves_its_manifest_relative_to_the_file():
+    from raytron.cluster import load_spec
+
+    spec = load_spec(REPO / "examples" / "train-digits.yaml")
+    assert spec.train.data.manifest == str((REPO / ".demo" / "digits").resolve())
+
+
+# ----------------------------------------------------------------------------- slow: real training
+
+
+@pytest.mark.slow
+def test_two_workers_bf16_loss_falls_and_checkpoint_loads_outside_ray(head, digits, tmp_path):
+    spec = train_spec(tmp_path, digits, "falls", precision="bf16", steps=60, optimizer={"name": "adamw", "lr": 0.01}, log_every_steps=10)
+    result = head.cli("submit", str(spec), "--wait", timeout_s=300)
+    assert result.returncode == 0, result.output
+    rows = [r for r in metrics(tmp_path, "falls") if "loss" in r]
+    assert rows[-1]["loss"] < 0.5 * rows[0]["loss"], rows
+    final = json.loads((tmp_path / "runs" / "falls" / "result.json").read_text())
+    assert final["metrics"]["val_accuracy"] > 0.85
+    # The checkpoint is a plain state dict: load it into the ordinary module, no Ray, no DDP prefix.
+    model = MLP(64, 10, hidden=32)
+    model.load_state_dict(weights(tmp_path, "falls"))
+    loader = ShardLoader(ReaderConfig(manifest=digits, split="val", batch_size=256, shuffle_buffer=0))
+    correct = total = 0
+    with torch.no_grad():
+        for batch in loader:
+            correct += int((model(batch["x"]).argmax(-1) == batch["y"]).sum())
+            total += len(batch["y"])
+    assert correct / total == pytest.approx(final["metrics"]["val_accuracy"], abs=0.02)
+
+
+@pytest.mark.slow
+def test_ddp_equals_one_process_averaging_the_same_global_batches(head, digits, tmp_path):
+    """2-worker DDP against a single process that steps on the mean loss of both ranks' batches:
+    equal weights prove gradient averaging and the data split."""
+    spec = train_spec(tmp_path, digits, "ddp", steps=20)
+    result = head.cli("submit", str(spec), "--wait", timeout_s=300)
+    assert result.returncode == 0, result.output
+    torch.manual_seed(0)
+    model = MLP(64, 10, hidden=32)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    loaders = [ShardLoader(ReaderConfig(manifest=digits, batch_size=32, shuffle_buffer=100, seed=0, rank=r, world_size=2)) for r in range(2)]
+    ce = torch.nn.CrossEntropyLoss()
+    for _, (b0, b1) in zip(range(20), zip(*loaders)):
+        loss = (ce(model(b0["x"]), b0["y"]) + ce(model(b1["x"]), b1["y"])) / 2
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    got = weights(tmp_path, "ddp")
+    for key, value in model.state_dict().items():
+        torch.testing.assert_close(got[key], value, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.slow
+def test_resubmitting_resumes_and_ends_with_the_uninterrupted_weights(head, digits, tmp_path):
+    whole = train_spec(tmp_path, digits, "whole", steps=30)
+    assert head.cli("submit", str(whole), "--wait", timeout_s=300).returncode == 0
+    half = train_spec(tmp_path, digits, "halves", steps=12)
+    assert head.cli("submit", str(half), "--wait", timeout_s=300).returncode == 0
+    assert [c.step for c in list_checkpoints(tmp_path / "runs" / "halves" / "checkpoints")] == [10, 12]
+    again = head.cli("submit", str(half), "--wait", "--set", "train.steps=30", timeout_s=300)
+    assert again.returncode == 0, again.output
+    assert "resumed from step-00000012" in again.stdout
+    a, b = weights(tmp_path, "whole"), weights(tmp_path, "halves")
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], atol=1e-6, rtol=0)
+
+
+@pytest.mark.slow
+def test_killed_worker_restarts_from_checkpoint_and_finishes(head, digits, tmp_path):
+    pid_dir = tmp_path / "pids"
+    model = {"function": "jobfuncs:slow_mlp", "args": {"hidden": 32, "delay_s": 0.15, "pid_dir": str(pid_dir)}}
+    spec = train_spec(tmp_path, digits, "victim", model=model, steps=40, max_failures=1)
+    reference = train_spec(tmp_path, digits, "reference", model={"function": "jobfuncs:slow_mlp", "args": {"hidden": 32}}, steps=40)
+    assert head.cli("submit", str(reference), "--wait", timeout_s=300).returncode == 0
+    submitted = head.cli("submit", str(spec), "--id", "victim-1")
+    assert submitted.returncode == 0, submitted.output
+    ckpts = tmp_path / "runs" / "victim" / "checkpoints"
+    deadline = time.monotonic() + 120
+    while not list_checkpoints(ckpts) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert list_checkpoints(ckpts), head.cli("logs", "victim-1").output
+    os.kill(int((pid_dir / "rank1.pid").read_text()), signal.SIGKILL)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        status = json.loads(head.cli("jobs", "--json").stdout)
+        record = next(r for r in status if r["submission_id"] == "victim-1")
+        if record["status"] in ("SUCCEEDED", "FAILED", "STOPPED"):
+            break
+        time.sleep(1)
+    logs = head.cli("logs", "victim-1").stdout
+    assert record["status"] == "SUCCEEDED", logs
+    assert "restarting all 2 workers from the last checkpoint" in logs
+    assert json.loads((tmp_path / "runs" / "victim" / "result.json").read_text())["attempts"] == 2
+    a, b = weights(tmp_path, "reference"), weights(tmp_path, "victim")
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], atol=1e-6, rtol=0)
+
+
+@pytest.mark.slow
+def test_hung_rank_is_reported_by_number(head, digits, tmp_path):
+    model = {"function": "jobfuncs:slow_mlp", "args": {"hidden": 32, "hang_rank": 1, "hang_at_call": 4}}
+    spec = train_spec(tmp_path, digits, "hung", model=model, steps=20, collective_timeout_s=4)
+    started = time.monotonic()
+    result = head.cli("submit", str(spec), "--wait", timeout_s=300)
+    assert result.returncode == 1, result.output
+    assert time.monotonic() - started < 120
+    logs = result.stdout + result.stderr
+    assert "missing rank(s) [1]" in logs, logs
+    assert "rank 1: step 3, step" in logs

@@ -1,0 +1,277 @@
+"""One data-parallel training process: the loop every rank runs.
+
+It joins the process group (gloo on CPU, NCCL on GPU) with `train.collective_timeout_s` as the
+collective timeout, builds the recipe with the same seed on every rank, wraps it in DDP, reads its
+share of the shards through `ShardLoader` (per-rank batch = global batch / world size), and trains
+with torch.autocast (bf16 on CPU and GPU, fp16 with a GradScaler on GPU). Rank 0 writes checkpoints
+(weights, optimizer, the reader's position) and metrics; a restarted group resumes from the latest
+checkpoint at exactly the next sample.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from raytron.datasets.manifest import Manifest
+from raytron.datasets.reader import ReaderConfig, ShardLoader
+from raytron.trainers.checkpoint import Checkpoint, latest_checkpoint, load_model_state, load_optimizer_state, save_checkpoint
+from raytron.trainers.errors import CheckpointError
+from raytron.trainers.recipes import Recipe, build_model
+from raytron.trainers.spec import TrainJobSpec
+
+__all__ = ["TrainLoop", "run_dir_of", "COLLECTIVE_PHASES"]
+
+#: Phases in which a rank waits in (or is about to enter) a collective with its peers.
+COLLECTIVE_PHASES = frozenset({"joining", "backward", "checkpoint", "log", "evaluate"})
+
+
+def run_dir_of(spec: TrainJobSpec) -> Path:
+    """`<storage.path>/<name>`: checkpoints and metrics of every attempt and resubmission of this spec."""
+    return Path(os.path.expanduser(spec.storage.path)) / spec.name
+
+
+class TrainLoop:
+    """The state of one rank; `progress()` may be called from another thread while `run()` works."""
+
+    def __init__(self, spec: TrainJobSpec, *, rank: int, world_size: int):
+        self.spec, self.rank, self.world_size = spec, rank, world_size
+        self.step = 0
+        self.phase = "starting"
+        self.updated_at = time.time()
+
+    def progress(self) -> dict[str, Any]:
+        return {"rank": self.rank, "step": self.step, "phase": self.phase, "age_s": time.time() - self.updated_at, "pid": os.getpid()}
+
+    def _mark(self, phase: str) -> None:
+        self.phase, self.updated_at = phase, time.time()
+
+    # ------------------------------------------------------------------ setup
+
+    def join(self, master_addr: str, master_port: int) -> None:
+        t = self.spec.train
+        backend = "nccl" if self.spec.resources.gpus_per_worker and torch.cuda.is_available() else "gloo"
+        self._mark("joining")
+        dist.init_process_group(backend, init_method=f"tcp://{master_addr}:{master_port}", rank=self.rank, world_size=self.world_size,
+                                timeout=timedelta(seconds=t.collective_timeout_s))
+
+    def leave(self) -> None:
+        if dist.is_initialized():
+            try:
+                dist.barrier()  # gloo crashed at exit in 2 of 8 runs without it (shared/environment.md)
+            finally:
+                dist.destroy_process_group()
+
+    # ------------------------------------------------------------------ training
+
+    def run(self) -> dict[str, Any]:
+        spec, t = self.spec, self.spec.train
+        device = torch.device("cuda", torch.cuda.current_device()) if (spec.resources.gpus_per_worker and torch.cuda.is_available()) else torch.device("cpu")
+        run_dir = run_dir_of(spec)
+        ckpt_root = run_dir / "checkpoints"
+        manifest = Manifest.load(t.data.manifest)
+        torch.manual_seed(t.seed)
+        recipe = build_model(t.model, manifest)
+        model = recipe.module.to(device)
+        resume = latest_checkpoint(ckpt_root)
+        meta: dict[str, Any] = {}
+        if resume is not None:
+            meta = resume.meta
+            if meta.get("manifest_sha256") != manifest.sha256:
+                raise CheckpointError(f"{resume.path} was written for shards with manifest sha256 {str(meta.get('manifest_sha256'))[:16]}..., "
+                                      f"but `train.data.manifest` now has {manifest.sha256[:16]}...; use another `name` or `storage.path` to start afresh")
+            model.load_state_dict(load_model_state(resume))
+        ddp = nn.parallel.DistributedDataParallel(model) if self.world_size > 1 else model
+        loader = ShardLoader(ReaderConfig(
+            manifest=t.data.manifest, split=t.data.split, batch_size=t.global_batch_size // self.world_size, shuffle_buffer=t.data.shuffle_buffer,
+            seed=t.seed, rank=self.rank, world_size=self.world_size, num_workers=t.data.loader_workers,
+        ), manifest=manifest)
+        total_steps = min(x for x in (t.steps, (t.epochs or 0) * len(loader) or None) if x)
+        optimizer = _optimizer(t, model)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(t, total_steps))
+        scaler = torch.amp.GradScaler("cuda", enabled=t.precision == "fp16")
+        if resume is not None:
+            self._restore(resume, meta, optimizer, scheduler, scaler, loader)
+        self.step = int(meta.get("step", 0))
+        loss_fn = nn.CrossEntropyLoss() if t.loss == "cross_entropy" else nn.MSELoss()
+        autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(t.precision)
+        metrics_file = run_dir / "metrics.jsonl"
+        window = {"loss": 0.0, "n": 0, "samples": 0, "t0": time.perf_counter()}
+        history: list[dict[str, Any]] = []
+        last: dict[str, Any] = dict(meta.get("metrics") or {})
+        if self.rank == 0:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            _log(f"training {spec.name}: {self.world_size} worker(s) on {device.type}, {t.precision}, global batch {t.global_batch_size} "
+                 f"({t.global_batch_size // self.world_size} per worker), {len(loader)} steps/epoch, {total_steps} steps in all"
+                 + (f"; resumed from {resume.path.name}" if resume else "")
+                 + ("; already trained that far, nothing to do" if self.step >= total_steps else ""))
+        while self.step < total_steps:
+            epoch = loader.epoch
+            for batch in loader:
+                self._mark("step")
+                x = recipe.inputs(batch).to(device, non_blocking=True)
+                y = recipe.targets(batch).to(device, non_blocking=True)
+                with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+                    out = ddp(x)
+                    loss = _loss(loss_fn, out, y, t.loss)
+                self._mark("backward")  # the gradient all-reduce happens in here
+                scaler.scale(loss).backward()
+                if t.optimizer.grad_clip_norm:
+                    scaler.unscale_(optimizer)
+                    nn.utils.clip_grad_norm_(model.parameters(), t.optimizer.grad_clip_norm)
+                scaler.step(optimizer)
+                if t.precision == "fp16":
+                    scaler.update()
+                    if scaler.get_scale() < 1e-4:
+                        raise FloatingPointError(f"fp16 loss scale collapsed to {scaler.get_scale():.2e} at step {self.step + 1}: the loss overflows in fp16; use `train.precision: bf16`")
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                self.step += 1
+                window["loss"] += float(loss.detach())
+                window["n"] += 1
+                window["samples"] += int(y.shape[0])
+                if self.step % t.log_every_steps == 0 or self.step == total_steps:
+                    last = self._log_window(window, recipe, epoch, scheduler, metrics_file, device)
+                    history.append(last)
+                if self.step % t.checkpoint.every_steps == 0 or self.step == total_steps:
+                    self._checkpoint(ckpt_root, model, optimizer, scheduler, scaler, loader, manifest, last, epoch)
+                if self.step >= total_steps:
+                    break
+            if loader.epoch == epoch and self.step < total_steps:
+                raise RuntimeError("the data loader yielded no batches")  # guards against an endless loop
+            epoch_done = loader.batches_consumed == 0  # the loader moved on to the next epoch
+            if t.data.val_split and (epoch_done or self.step >= total_steps):
+                last.update(self._evaluate(model, recipe, manifest, loss_fn, device, autocast_dtype))
+                if self.rank == 0:
+                    _append(metrics_file, {"step": self.step, "epoch": epoch, **{k: v for k, v in last.items() if k.startswith("val_")}})
+                    _log(f"epoch {epoch} step {self.step}: " + ", ".join(f"{k} {v:.4f}" for k, v in last.items() if k.startswith("val_")))
+        self._mark("done")
+        return {"rank": self.rank, "step": self.step, "metrics": last, "history": history}
+
+    # ------------------------------------------------------------------ pieces
+
+    def _restore(self, ckpt: Checkpoint, meta: dict, optimizer, scheduler, scaler, loader: ShardLoader) -> None:
+        opt_state = load_optimizer_state(ckpt)
+        if opt_state is not None:
+            optimizer.load_state_dict(opt_state)
+        scheduler.load_state_dict(meta["scheduler"])
+        if meta.get("scaler"):
+            scaler.load_state_dict(meta["scaler"])
+        data = dict(meta["data"])
+        data["plan"] = dict(data["plan"], rank=self.rank)  # every rank is at the same batch count
+        loader.load_state_dict(data)
+
+    def _checkpoint(self, root: Path, model, optimizer, scheduler, scaler, loader: ShardLoader, manifest: Manifest, metrics: dict, epoch: int) -> None:
+        self._mark("checkpoint")
+        if self.rank == 0:
+            save_checkpoint(root, step=self.step, model_state=model.state_dict(), optimizer_state=optimizer.state_dict(), keep=self.spec.train.checkpoint.keep, meta={
+                "epoch": epoch, "spec": json.loads(self.spec.to_json()), "data": loader.state_dict(), "metrics": metrics,
+                "manifest_sha256": manifest.sha256, "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler.is_enabled() else None,
+                "world_size": self.world_size,
+            })
+        if dist.is_initialized():
+            dist.barrier()  # no rank runs ahead of a checkpoint a restart would resume from
+
+    def _log_window(self, window: dict, recipe: Recipe, epoch: int, scheduler, metrics_file: Path, device) -> dict[str, Any]:
+        self._mark("log")
+        elapsed = max(1e-9, time.perf_counter() - window["t0"])
+        stats = torch.tensor([window["loss"], window["n"], window["samples"]], dtype=torch.float64)
+        if dist.is_initialized():
+            dist.all_reduce(stats)
+        loss = float(stats[0] / stats[1])
+        samples_per_s = float(stats[2]) / elapsed
+        row: dict[str, Any] = {"step": self.step, "epoch": epoch, "loss": loss, "lr": scheduler.get_last_lr()[0], "samples_per_s": samples_per_s, "time": time.time()}
+        if recipe.tokens_per_sample:
+            row["tokens_per_s"] = samples_per_s * recipe.tokens_per_sample
+            peak = _peak_flops(device)
+            if peak:
+                row["mfu"] = row["tokens_per_s"] * recipe.flops_per_token / (peak * self.world_size)
+        if self.rank == 0:
+            _append(metrics_file, row)
+            extra = f", {row['tokens_per_s']:,.0f} tokens/s" if "tokens_per_s" in row else ""
+            extra += f", MFU {row['mfu']:.1%}" if "mfu" in row else ""
+            _log(f"step {self.step} epoch {epoch}: loss {loss:.4f}, lr {row['lr']:.2e}, {samples_per_s:,.0f} samples/s{extra}")
+        window.update(loss=0.0, n=0, samples=0, t0=time.perf_counter())
+        return row
+
+    def _evaluate(self, model, recipe: Recipe, manifest: Manifest, loss_fn, device, autocast_dtype) -> dict[str, float]:
+        t = self.spec.train
+        if t.data.val_split not in manifest.splits:
+            return {}
+        self._mark("evaluate")
+        loader = ShardLoader(ReaderConfig(manifest=t.data.manifest, split=t.data.val_split, batch_size=max(1, t.global_batch_size // self.world_size),
+                                          shuffle_buffer=0, rank=self.rank, world_size=self.world_size), manifest=manifest)
+        totals = torch.zeros(3, dtype=torch.float64)  # loss sum, correct, count
+        model.eval()
+        with torch.no_grad(), torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            for batch in loader:
+                x, y = recipe.inputs(batch).to(device), recipe.targets(batch).to(device)
+                out = model(x)
+                totals[0] += float(_loss(loss_fn, out, y, t.loss)) * y.shape[0]
+                if t.loss == "cross_entropy":
+                    totals[1] += float((out.argmax(-1) == y).sum()) / (y[0].numel() if y.dim() > 1 else 1)
+                totals[2] += y.shape[0]
+        model.train()
+        if dist.is_initialized():
+            dist.all_reduce(totals)
+        result = {"val_loss": float(totals[0] / totals[2])}
+        if t.loss == "cross_entropy":
+            result["val_accuracy"] = float(totals[1] / totals[2])
+        return result
+
+
+def _loss(loss_fn, out: torch.Tensor, y: torch.Tensor, kind: str) -> torch.Tensor:
+    if kind == "cross_entropy" and out.dim() == 3:  # sequence models: flatten positions
+        return loss_fn(out.reshape(-1, out.shape[-1]).float(), y.reshape(-1))
+    if kind == "mse":
+        return loss_fn(out.float().squeeze(-1), y.float())
+    return loss_fn(out.float(), y)
+
+
+def _optimizer(t, model: nn.Module) -> torch.optim.Optimizer:
+    o = t.optimizer
+    if o.name == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
+    return torch.optim.AdamW(model.parameters(), lr=o.lr, weight_decay=o.weight_decay)
+
+
+def _schedule(t, total_steps: int):
+    warmup, name = t.schedule.warmup_steps, t.schedule.name
+
+    def factor(step: int) -> float:
+        if warmup and step < warmup:
+            return (step + 1) / warmup
+        if name == "constant":
+            return 1.0
+        progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
+        return 0.5 * (1 + math.cos(math.pi * progress)) if name == "cosine" else 1.0 - progress
+
+    return factor
+
+
+_PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12}
+
+
+def _peak_flops(device: torch.device) -> float | None:
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((v for k, v in _PEAK_BF16_FLOPS.items() if k in name), None)
+
+
+def _append(path: Path, row: dict[str, Any]) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(row) + "\n")
+
+
+def _log(message: str) -> None:
+    print(f"raytron: {message}", flush=True)

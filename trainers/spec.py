@@ -1,0 +1,126 @@
+"""The `train` job kind: model, data, loss, optimizer, schedule, precision, strategy, checkpoints."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, field_validator
+
+from raytron.cluster.errors import SpecProblem
+from raytron.cluster.spec import JobSpec, SpecModel, is_object_path
+
+__all__ = ["TrainJobSpec", "TrainConfig", "ModelConfig", "DataConfig", "OptimizerConfig", "ScheduleConfig", "CheckpointConfig", "RECIPES"]
+
+RECIPES = ("mlp", "cnn", "gpt")
+
+
+class ModelConfig(SpecModel):
+    """Which model to train: a built-in recipe or a user function returning a `torch.nn.Module`."""
+
+    recipe: Literal["mlp", "cnn", "gpt"] | None = None
+    """`mlp` (feature vectors, e.g. digits), `cnn` (image shards), `gpt` (a small decoder-only transformer on token shards)."""
+    function: str | None = None
+    """`module:function` called with `args` and the shards' manifest (keyword `manifest`); returns the module."""
+    args: dict[str, Any] = Field(default_factory=dict)
+    """Keyword arguments of the recipe (e.g. `hidden` for mlp; `d_model`, `n_layers`, `n_heads` for gpt)."""
+
+    @field_validator("function")
+    @classmethod
+    def _object_path(cls, value: str | None) -> str | None:
+        if value is not None and not is_object_path(value):
+            raise ValueError("must be `module:function`")
+        return value
+
+
+class DataConfig(SpecModel):
+    """Shards to train on (built by `raytron data build`)."""
+
+    manifest: str
+    """Shard directory, manifest.json, or an http(s)/s3 URL; relative paths are relative to the spec file."""
+    split: str = "train"
+    val_split: str | None = "val"
+    """Split evaluated at the end of each epoch (None: no evaluation)."""
+    shuffle_buffer: int = Field(1000, ge=0)
+    loader_workers: int = Field(0, ge=0, le=32)
+    """DataLoader worker processes per training worker."""
+
+
+class OptimizerConfig(SpecModel):
+    name: Literal["adamw", "sgd"] = "adamw"
+    lr: float = Field(1e-3, gt=0, le=10)
+    weight_decay: float = Field(0.0, ge=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    """SGD only."""
+    grad_clip_norm: float | None = Field(None, gt=0)
+
+
+class ScheduleConfig(SpecModel):
+    name: Literal["constant", "cosine", "linear"] = "constant"
+    warmup_steps: int = Field(0, ge=0)
+
+
+class CheckpointConfig(SpecModel):
+    every_steps: int = Field(100, ge=1)
+    """Write a checkpoint every this many optimizer steps (and always at the end)."""
+    keep: int = Field(3, ge=1)
+    """How many recent checkpoints to keep."""
+
+
+class TrainConfig(SpecModel):
+    """Body of a `kind: train` spec."""
+
+    model: ModelConfig
+    data: DataConfig
+    loss: Literal["cross_entropy", "mse"] = "cross_entropy"
+    optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    epochs: int | None = Field(None, ge=1)
+    steps: int | None = Field(None, ge=1)
+    """Stop after this many optimizer steps (instead of, or before, `epochs`)."""
+    global_batch_size: int = Field(64, ge=1)
+    """Samples per optimizer step across all workers; split evenly between them."""
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    strategy: Literal["ddp"] = "ddp"
+    seed: int = 0
+    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
+    max_failures: int = Field(0, ge=0, le=100)
+    """Restarts from the last checkpoint when a worker dies or a collective times out."""
+    collective_timeout_s: float = Field(120.0, gt=0)
+    """A collective waiting longer than this fails and names the ranks that did not arrive."""
+    log_every_steps: int = Field(10, ge=1)
+
+
+class TrainJobSpec(JobSpec):
+    """Data-parallel training of one model on shards."""
+
+    KIND = "train"
+    RUNNER = "raytron.trainers.job:run_train_job"
+
+    train: TrainConfig
+
+    def problems(self) -> list[SpecProblem]:
+        t, r = self.train, self.resources
+        problems = []
+        if (t.model.recipe is None) == (t.model.function is None):
+            problems.append(SpecProblem("train.model", "name exactly one of `recipe` (mlp, cnn, gpt) or `function` (module:function)", t.model.model_dump(exclude_defaults=True)))
+        if t.epochs is None and t.steps is None:
+            problems.append(SpecProblem("train.epochs", "set `epochs` or `steps` (or both: training stops at whichever comes first)", None))
+        if t.global_batch_size % r.num_workers:
+            problems.append(SpecProblem("train.global_batch_size",
+                                        f"must be divisible by `resources.num_workers` ({r.num_workers}); e.g. {t.global_batch_size - t.global_batch_size % r.num_workers or r.num_workers}", t.global_batch_size))
+        if t.precision == "fp16" and r.gpus_per_worker == 0:
+            problems.append(SpecProblem("train.precision", "fp16 needs a GPU (loss scaling on CPU is not supported by torch.autocast); use bf16 on CPU, or set `resources.gpus_per_worker`", t.precision))
+        if r.gpus_per_worker not in (0, 1):
+            problems.append(SpecProblem("resources.gpus_per_worker", "DDP gives each worker one whole device: use 0 (CPU) or 1 (NCCL cannot share a GPU between ranks)", r.gpus_per_worker))
+        return problems
+
+    def entrypoint_resources(self) -> tuple[float, float]:
+        return (0.0, 0.0)  # the driver only coordinates; workers hold the resources
+
+    def resolve_paths(self, base_dir) -> "TrainJobSpec":
+        manifest = self.train.data.manifest
+        if "://" in manifest or manifest.startswith("~") or Path(manifest).is_absolute():
+            return self
+        data = self.train.data.model_copy(update={"manifest": str((Path(base_dir) / manifest).resolve())})
+        return self.model_copy(update={"train": self.train.model_copy(update={"data": data})})
