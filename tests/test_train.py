@@ -188,3 +188,40 @@ def test_hung_rank_is_reported_by_number(head, digits, tmp_path):
     logs = result.stdout + result.stderr
     assert "missing rank(s) [1]" in logs, logs
     assert "rank 1: step 3, step" in logs
+
+
+@pytest.mark.slow
+def test_gpt_on_token_shards_reports_tokens_per_second(head, tmp_path):
+    text = ("raytron trains a small decoder-only transformer on byte tokens. " * 200).encode()
+    (tmp_path / "corpus.txt").write_bytes(text)
+    out = tmp_path / "tokens"
+    build_shards(BuildConfig(source=SourceConfig(spec=f"text:{tmp_path / 'corpus.txt'}", seq_len=32), out_dir=out, shard_size_bytes=50_000, val_fraction=0.1, progress=False))
+    spec = train_spec(tmp_path, str(out), "gpt", model={"recipe": "gpt", "args": {"d_model": 32, "n_layers": 1, "n_heads": 2}},
+                      steps=30, global_batch_size=16, precision="bf16", optimizer={"name": "adamw", "lr": 0.01}, log_every_steps=10)
+    result = head.cli("submit", str(spec), "--wait", timeout_s=300)
+    assert result.returncode == 0, result.output
+    rows = [r for r in metrics(tmp_path, "gpt") if "loss" in r]
+    assert rows[-1]["loss"] < rows[0]["loss"]
+    assert all(r["tokens_per_s"] == pytest.approx(r["samples_per_s"] * 32) for r in rows)
+    assert "mfu" not in rows[-1]  # MFU is estimated on GPUs only
+
+
+@pytest.mark.slow
+def test_cnn_on_image_shards(head, tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for c in range(2):
+        (tmp_path / "img" / f"c{c}").mkdir(parents=True)
+        for i in range(40):
+            base = np.full((12, 12, 3), 40 + 170 * c, dtype=np.uint8)  # dark vs bright: learnable
+            Image.fromarray(np.clip(base + rng.integers(0, 40, base.shape), 0, 255).astype(np.uint8)).save(tmp_path / "img" / f"c{c}" / f"{i}.png")
+    out = tmp_path / "imgshards"
+    build_shards(BuildConfig(source=SourceConfig(spec=f"images:{tmp_path / 'img'}"), out_dir=out, shard_size_bytes=20_000, val_fraction=0.2, progress=False))
+    spec = train_spec(tmp_path, str(out), "cnn", workers=1, model={"recipe": "cnn", "args": {"width": 8}}, steps=25, global_batch_size=16,
+                      optimizer={"name": "adamw", "lr": 0.01})
+    result = head.cli("submit", str(spec), "--wait", timeout_s=300)
+    assert result.returncode == 0, result.output
+    final = json.loads((tmp_path / "runs" / "cnn" / "result.json").read_text())
+    assert final["metrics"]["val_accuracy"] >= 0.9

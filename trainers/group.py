@@ -13,7 +13,6 @@ collective times out the driver can say which ranks never arrived, and what they
 from __future__ import annotations
 
 import socket
-import time
 from typing import Any
 
 import ray
