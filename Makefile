@@ -27,7 +27,7 @@ demo: venv
 	@echo "== building WebDataset shards of the digits data set, then verifying every checksum"
 	$(BIN)/raytron data build --source digits --out .demo/digits --shard-size-bytes 262144
 	$(BIN)/raytron data inspect .demo/digits --verify
-	@echo "== data-parallel training on those shards: 2 workers, bf16, checkpoints under ~/raytron_runs/digits-mlp"
+	@echo "== data-parallel training on those shards: 2 workers, bf16, checkpoints under .demo/runs/digits-mlp"
 	$(BIN)/raytron submit examples/train-digits.yaml --wait --set storage.path=$(CURDIR)/.demo/runs
 	@echo "== the head keeps running for your own jobs; 'make demo-down' or '$(BIN)/raytron down' stops it"
 

@@ -40,10 +40,9 @@ class TrainWorker:
 
     def train(self, master_addr: str, master_port: int) -> dict[str, Any]:
         self.loop.join(master_addr, master_port)
-        try:
-            result = self.loop.run()
-        except BaseException:
-            raise  # leave the process group as it is: peers will see the failure as a closed connection
+        # On an exception the process group is left as it is: the driver kills every actor, and
+        # peers blocked in a collective see a closed connection rather than waiting out the timeout.
+        result = self.loop.run()
         self.loop.leave()
         return result
 
