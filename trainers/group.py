@@ -18,7 +18,7 @@ from typing import Any
 import ray
 
 from raytron.trainers.errors import CollectiveTimeout, TrainError, WorkerFailed
-from raytron.trainers.loop import COLLECTIVE_PHASES, TrainLoop
+from raytron.trainers.phases import COLLECTIVE_PHASES
 from raytron.trainers.spec import TrainJobSpec
 
 __all__ = ["TrainWorker", "run_group"]
@@ -29,6 +29,9 @@ class TrainWorker:
     """One rank. `max_concurrency=2`: `progress` answers while `train` runs."""
 
     def __init__(self, spec_json: str, rank: int, world_size: int):
+        # torch is imported here, in the worker, never in the job's driver (it cost the driver 1.5 s).
+        from raytron.trainers.loop import TrainLoop
+
         self.loop = TrainLoop(TrainJobSpec.model_validate_json(spec_json), rank=rank, world_size=world_size)
 
     def address(self) -> tuple[str, int]:

@@ -17,13 +17,12 @@ def run_train_job(spec: TrainJobSpec, ctx: JobContext) -> dict[str, Any]:
     import ray
 
     from raytron.trainers.group import run_group
-    from raytron.trainers.loop import run_dir_of
 
     ray.init(address="auto", log_to_driver=True)
     result = run_group(spec)
     payload = {"name": spec.name, "submission_id": ctx.submission_id, "step": result["step"], "attempts": result["attempts"],
                "metrics": result["metrics"], "spec": json.loads(spec.to_json())}
-    path = write_json_atomic(run_dir_of(spec) / "result.json", payload)
+    path = write_json_atomic(spec.run_dir / "result.json", payload)
     print(f"raytron: trained {spec.name} to step {result['step']} in {result['attempts']} attempt(s); final metrics {json.dumps(result['metrics'])}", flush=True)
     print(f"raytron: wrote {path}", flush=True)
     return payload

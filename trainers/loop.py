@@ -29,15 +29,7 @@ from raytron.trainers.errors import CheckpointError
 from raytron.trainers.recipes import Recipe, build_model
 from raytron.trainers.spec import TrainJobSpec
 
-__all__ = ["TrainLoop", "run_dir_of", "COLLECTIVE_PHASES"]
-
-#: Phases in which a rank waits in (or is about to enter) a collective with its peers.
-COLLECTIVE_PHASES = frozenset({"joining", "backward", "checkpoint", "log", "evaluate"})
-
-
-def run_dir_of(spec: TrainJobSpec) -> Path:
-    """`<storage.path>/<name>`: checkpoints and metrics of every attempt and resubmission of this spec."""
-    return Path(os.path.expanduser(spec.storage.path)) / spec.name
+__all__ = ["TrainLoop"]
 
 
 class TrainLoop:
@@ -76,7 +68,7 @@ class TrainLoop:
     def run(self) -> dict[str, Any]:
         spec, t = self.spec, self.spec.train
         device = torch.device("cuda", torch.cuda.current_device()) if (spec.resources.gpus_per_worker and torch.cuda.is_available()) else torch.device("cpu")
-        run_dir = run_dir_of(spec)
+        run_dir = spec.run_dir
         ckpt_root = run_dir / "checkpoints"
         manifest = Manifest.load(t.data.manifest)
         torch.manual_seed(t.seed)
@@ -143,7 +135,9 @@ class TrainLoop:
                     last = self._log_window(window, recipe, epoch, scheduler, metrics_file, device)
                     history.append(last)
                 if self.step % t.checkpoint.every_steps == 0 or self.step == total_steps:
+                    started = time.perf_counter()
                     self._checkpoint(ckpt_root, model, optimizer, scheduler, scaler, loader, manifest, last, epoch)
+                    window["t0"] += time.perf_counter() - started  # throughput counts training time only
                 if self.step >= total_steps:
                     break
             if loader.epoch == epoch and self.step < total_steps:

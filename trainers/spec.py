@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -117,6 +118,11 @@ class TrainJobSpec(JobSpec):
 
     def entrypoint_resources(self) -> tuple[float, float]:
         return (0.0, 0.0)  # the driver only coordinates; workers hold the resources
+
+    @property
+    def run_dir(self) -> Path:
+        """`<storage.path>/<name>`: checkpoints, metrics and result of every attempt and resubmission."""
+        return Path(os.path.expanduser(self.storage.path)) / self.name
 
     def resolve_paths(self, base_dir) -> "TrainJobSpec":
         manifest = self.train.data.manifest
