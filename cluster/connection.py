@@ -44,8 +44,16 @@ class Cluster:
         # Ray logs every package upload at INFO on the submitter's terminal; raytron says what matters.
         logging.getLogger("ray.dashboard.modules.dashboard_sdk").setLevel(logging.WARNING)
         logging.getLogger("ray._private.runtime_env.packaging").setLevel(logging.WARNING)
+        from ray.exceptions import AuthenticationError
+
         try:
             return JobSubmissionClient(self.address, headers=dict(self.headers) or None)
+        except AuthenticationError as exc:
+            raise ConnectionFailed(
+                f"the Ray cluster at {self.address} refused the request: it requires an auth token ({_first_line(exc)}). "
+                "Set RAY_AUTH_MODE=token and RAY_AUTH_TOKEN_PATH to the token file (for a head started by `raytron up`: "
+                "auth_token in its RAYTRON_HOME), or RAY_AUTH_TOKEN to the token itself"
+            ) from None
         except Exception as exc:  # Ray raises ConnectionError, ValueError or RuntimeError here
             hint = (
                 "start one with `raytron up`"

@@ -156,8 +156,6 @@ def stop_local_head(home: Path, *, timeout_s: float = 20.0) -> HeadInfo | None:
 
 
 def _start(config: LocalHeadConfig, home: Path) -> HeadInfo:
-    import ray  # noqa: F401 - fail here, with the import error, rather than in the child
-
     token_path = home / _TOKEN_FILE
     if not token_path.exists():
         write_bytes_atomic(token_path, secrets.token_hex(32).encode(), mode=0o600)

@@ -195,18 +195,13 @@ class JobManager:
         return self._client.get_job_logs(submission_id)
 
     def watch(self, submission_id: str, *, interval_s: float = 0.1, fast_for_s: float = 3.0, max_interval_s: float = 1.0) -> Iterator[JobEvent]:
-        """Yield status changes and new log text until the job ends.
+        """Yield status changes and new log text until the job ends (see `_Backoff` for the pace).
 
-        Polls every `interval_s` for the first `fast_for_s` seconds (a short job is over in about
-        a second, and every poll interval is latency the user waits), then backs off towards
-        `max_interval_s` while nothing changes: each poll costs the dashboard CPU, which on a small
-        machine is taken from the job itself (measured: 0.15 cores at 10 polls/s, bench ddp). The last event carries the terminal status, and
-        every log line the job wrote.
+        The last event carries the terminal status, and every log line the job wrote.
         """
         printed = 0
         last_status = None
-        delay = interval_s
-        started = time.monotonic()
+        pace = _Backoff(interval_s, fast_for_s, max_interval_s)
         while True:
             record = self.get(submission_id)
             text = self._client.get_job_logs(submission_id) if record.status != "PENDING" else ""
@@ -216,21 +211,19 @@ class JobManager:
             last_status = record.status
             if new or changed:
                 yield JobEvent(record=record, status_changed=changed, log_text=new)
-                delay = interval_s
             if record.terminal:
                 return
-            time.sleep(delay)
-            if time.monotonic() - started > fast_for_s:
-                delay = min(max_interval_s, delay * 1.25)
+            pace.sleep()
 
     def wait(self, submission_id: str, *, timeout_s: float | None = None) -> JobRecord:
         """Block until the job ends (or `timeout_s` passes) and return its record."""
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        pace = _Backoff(0.1, 3.0, 1.0)
         while True:
             record = self.get(submission_id)
             if record.terminal or (deadline is not None and time.monotonic() > deadline):
                 return record
-            time.sleep(0.1)
+            pace.sleep()
 
     # ------------------------------------------------------------------ control
 
@@ -266,6 +259,23 @@ class JobManager:
             alive = [n for n in nodes if n.state == "ALIVE"]
             total = {"CPU": sum(n.cpus for n in alive), "GPU": sum(n.gpus for n in alive), "memory": sum(n.memory_bytes for n in alive)}
         return ClusterResources(nodes=nodes, used=used, total=total, as_of_s=cluster_status.get("time"))
+
+
+class _Backoff:
+    """The pace of polling a job: every `interval_s` for the first `fast_for_s` seconds (a short job
+    is over in about a second, and every interval is latency the user waits), then slowing by 25% a
+    poll up to `max_interval_s`. Each poll costs the dashboard CPU, which on a small machine is taken
+    from the job itself (bench ddp measured 0.15 cores at 10 polls/s), so new output does not bring
+    the fast pace back."""
+
+    def __init__(self, interval_s: float, fast_for_s: float, max_interval_s: float):
+        self.delay, self.max_interval_s = interval_s, max_interval_s
+        self.fast_until = time.monotonic() + fast_for_s
+
+    def sleep(self) -> None:
+        time.sleep(self.delay)
+        if time.monotonic() > self.fast_until:
+            self.delay = min(self.max_interval_s, self.delay * 1.25)
 
 
 def _record(info: Any) -> JobRecord:

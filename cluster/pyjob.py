@@ -88,9 +88,10 @@ def run_python_job(spec: PythonJobSpec, ctx: JobContext) -> Any:
         results = ray.get(refs)
     result = results[0] if n == 1 else results
     out_dir = ctx.run_dir(spec)
-    payload = {"name": spec.name, "submission_id": ctx.submission_id, "result": _jsonable(result), "spec": json.loads(spec.to_json())}
+    shown = _jsonable(result)
+    payload = {"name": spec.name, "submission_id": ctx.submission_id, "result": shown, "spec": json.loads(spec.to_json())}
     path = write_json_atomic(out_dir / "result.json", payload)
-    print(f"raytron: result = {json.dumps(_jsonable(result))}", flush=True)
+    print(f"raytron: result = {json.dumps(shown)}", flush=True)
     print(f"raytron: wrote {path}", flush=True)
     return result
 

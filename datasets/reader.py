@@ -382,7 +382,9 @@ class ShardLoader:
 
     def _plan_key(self) -> dict[str, Any]:
         c = asdict(self.config)
-        keep = ("split", "batch_size", "shuffle_buffer", "seed", "rank", "world_size", "num_workers", "drop_last")
+        # Not the rank: every rank yields the same number of batches, so one rank's position is every
+        # rank's (a trainer saves rank 0's state and all ranks resume from it).
+        keep = ("split", "batch_size", "shuffle_buffer", "seed", "world_size", "num_workers", "drop_last")
         key = {k: c[k] for k in keep}
         key["manifest_sha256"] = self.manifest.sha256
         return key

@@ -15,7 +15,6 @@ import hashlib
 import io
 import os
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -104,11 +103,12 @@ class _OpenShard:
 class _Progress:
     samples: int = 0
     bytes: int = 0
+    """Bytes of the shards closed so far."""
     shards: int = 0
     started: float = field(default_factory=time.monotonic)
 
 
-def build_shards(config: BuildConfig, *, on_progress: Callable[[_Progress], None] | None = None) -> Manifest:
+def build_shards(config: BuildConfig) -> Manifest:
     """Write train/val shards and `manifest.json` from `config.source`.
 
     Returns:
@@ -155,6 +155,7 @@ def build_shards(config: BuildConfig, *, on_progress: Callable[[_Progress], None
         shards.append(ShardInfo(name=shard.path.name, split=shard.split, num_samples=shard.num_samples,
                                 size_bytes=shard.hasher.size_bytes, sha256=shard.hasher.sha256.hexdigest()))
         progress.shards += 1
+        progress.bytes += shard.hasher.size_bytes
 
     bar = _bar(config.progress, source.num_samples)
     try:
@@ -177,9 +178,7 @@ def build_shards(config: BuildConfig, *, on_progress: Callable[[_Progress], None
                 close_shard(shard)
                 del open_shards[split]
             if bar is not None and index % 256 == 0:
-                _update(bar, progress, sum(s.hasher.size_bytes for s in open_shards.values()) + sum(s.size_bytes for s in shards))
-            if on_progress is not None:
-                on_progress(progress)
+                _update(bar, progress, progress.bytes + sum(s.hasher.size_bytes for s in open_shards.values()))
         for shard in list(open_shards.values()):
             close_shard(shard)
         open_shards.clear()
@@ -194,7 +193,7 @@ def build_shards(config: BuildConfig, *, on_progress: Callable[[_Progress], None
         raise
     finally:
         if bar is not None:
-            _update(bar, progress, sum(s.size_bytes for s in shards))
+            _update(bar, progress, progress.bytes)
             bar.stop()
     if not shards:
         raise SourceError(f"{source.description}: the source has no samples")

@@ -32,6 +32,20 @@ def base_env(home: Path) -> dict[str, str]:
     return env
 
 
+def wait_for(condition, *, timeout_s: float, interval_s: float = 0.2, what: str = "the condition"):
+    """Poll `condition()` until it returns something truthy (returned) or `timeout_s` passes (AssertionError)."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} did not happen within {timeout_s:g} s")
+        time.sleep(interval_s)
+
+
 def run_cli(*args: str, env: dict[str, str], timeout_s: float = 120, cwd: Path | None = None) -> CliResult:
     proc = subprocess.run([RAYTRON, *args], env=env, capture_output=True, text=True, timeout=timeout_s, cwd=cwd or REPO)
     return CliResult(proc.returncode, proc.stdout, proc.stderr)

@@ -8,13 +8,12 @@ import json
 import os
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from helpers import RAYTRON, base_env
+from helpers import RAYTRON, base_env, wait_for
 from raytron.datasets.errors import SourceError
 from raytron.datasets.manifest import Manifest
 from raytron.datasets.reader import ReaderConfig, ShardLoader
@@ -176,9 +175,8 @@ def test_killed_build_then_rebuild_is_consistent(tmp_path):
     cmd = [RAYTRON, "data", "build", "--source", f"npz:{tmp_path / 'big.npz'}", "--out", str(out), "--shard-size-bytes", "1000000"]
     proc = subprocess.Popen(cmd, env=base_env(tmp_path / "home"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 120
-        while len(list(out.glob("train-*.tar"))) < 3 and time.monotonic() < deadline and proc.poll() is None:
-            time.sleep(0.05)
+        wait_for(lambda: len(list(out.glob("train-*.tar"))) >= 3 or proc.poll() is not None, timeout_s=120, interval_s=0.05,
+                 what="three finished shards")
         assert proc.poll() is None, "the build finished before it could be interrupted"
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)

@@ -214,3 +214,18 @@ def test_a_shard_split_between_workers_is_still_checksummed(shards, tmp_path):
     path.write_bytes(bytes(data))
     with pytest.raises(ChecksumMismatch, match=path.name):
         keys(loader)
+
+
+def test_rank_zeros_state_resumes_every_rank(shards):
+    """A trainer checkpoints rank 0's reader state; rank 1 resumes from it at its own next sample."""
+    full = keys(ShardLoader(config(shards, rank=1, world_size=2)))
+    rank0 = ShardLoader(config(shards, rank=0, world_size=2))
+    it = iter(rank0)
+    for _ in range(4):
+        next(it)
+    state = rank0.state_dict()
+    rank1 = ShardLoader(config(shards, rank=1, world_size=2))
+    rank1.load_state_dict(state)
+    assert keys(rank1) == full[4:]
+    with pytest.raises(DataError, match="`world_size`"):
+        ShardLoader(config(shards, rank=0, world_size=1)).load_state_dict(state)

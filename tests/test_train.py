@@ -12,7 +12,7 @@ import pytest
 import torch
 import yaml
 
-from helpers import JOBFUNCS, REPO
+from helpers import JOBFUNCS, REPO, wait_for
 from raytron.cluster import SpecError, parse_spec
 from raytron.datasets.reader import ReaderConfig, ShardLoader
 from raytron.datasets.sources import SourceConfig
@@ -156,18 +156,14 @@ def test_killed_worker_restarts_from_checkpoint_and_finishes(head, digits, tmp_p
     submitted = head.cli("submit", str(spec), "--id", "victim-1")
     assert submitted.returncode == 0, submitted.output
     ckpts = tmp_path / "runs" / "victim" / "checkpoints"
-    deadline = time.monotonic() + 120
-    while not list_checkpoints(ckpts) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert list_checkpoints(ckpts), head.cli("logs", "victim-1").output
+    wait_for(lambda: list_checkpoints(ckpts), timeout_s=120, what="the first checkpoint of victim-1")
     os.kill(int((pid_dir / "rank1.pid").read_text()), signal.SIGKILL)
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline:
-        status = json.loads(head.cli("jobs", "--json").stdout)
-        record = next(r for r in status if r["submission_id"] == "victim-1")
-        if record["status"] in ("SUCCEEDED", "FAILED", "STOPPED"):
-            break
-        time.sleep(1)
+
+    def ended():
+        record = next(r for r in json.loads(head.cli("jobs", "--json").stdout) if r["submission_id"] == "victim-1")
+        return record if record["status"] in ("SUCCEEDED", "FAILED", "STOPPED") else None
+
+    record = wait_for(ended, timeout_s=240, interval_s=1, what="victim-1 ending after its worker was killed")
     logs = head.cli("logs", "victim-1").stdout
     assert record["status"] == "SUCCEEDED", logs
     assert "restarting all 2 workers from the last checkpoint" in logs

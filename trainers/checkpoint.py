@@ -28,7 +28,7 @@ import torch
 
 from raytron.trainers.errors import CheckpointError
 
-__all__ = ["Checkpoint", "save_checkpoint", "latest_checkpoint", "list_checkpoints", "load_state_dict", "load_model_state"]
+__all__ = ["Checkpoint", "save_checkpoint", "latest_checkpoint", "list_checkpoints", "load_model_state", "load_optimizer_state"]
 
 _DIR_RE = re.compile(r"^step-(\d{8})$")
 
@@ -107,9 +107,6 @@ def load_model_state(checkpoint: str | Path | Checkpoint) -> dict[str, torch.Ten
             raise CheckpointError(f"no checkpoint at {path} (expected model.safetensors, or checkpoints/step-*/ below it)")
         path = latest.path
     return load_file(str(path / "model.safetensors"))
-
-
-load_state_dict = load_model_state
 
 
 def load_optimizer_state(checkpoint: Checkpoint) -> dict[str, Any] | None:

@@ -160,9 +160,7 @@ class TrainLoop:
         scheduler.load_state_dict(meta["scheduler"])
         if meta.get("scaler"):
             scaler.load_state_dict(meta["scaler"])
-        data = dict(meta["data"])
-        data["plan"] = dict(data["plan"], rank=self.rank)  # every rank is at the same batch count
-        loader.load_state_dict(data)
+        loader.load_state_dict(meta["data"])
 
     def _checkpoint(self, root: Path, model, optimizer, scheduler, scaler, loader: ShardLoader, manifest: Manifest, metrics: dict, epoch: int) -> None:
         self._mark("checkpoint")
