@@ -26,6 +26,8 @@ class SourceError(DataError):
 class ManifestError(DataError):
     """A shard directory has no readable, consistent `manifest.json`."""
 
+    exit_code = 2  # a path or URL the user gave
+
 
 class ShardError(DataError):
     """A shard could not be read: truncated, corrupt, or not a tar file."""

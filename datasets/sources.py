@@ -21,6 +21,7 @@ from raytron.datasets.manifest import FieldSpec
 __all__ = ["SourceConfig", "Source", "open_source", "SOURCE_KINDS"]
 
 SOURCE_KINDS = ("parquet", "npz", "images", "text", "digits")
+_SOURCE_USAGE = ("parquet:PATH", "npz:PATH", "images:DIR", "text:PATH", "digits")
 _IMAGE_SUFFIXES = {".png": "png", ".jpg": "jpg", ".jpeg": "jpg"}
 
 
@@ -66,7 +67,7 @@ def open_source(config: SourceConfig) -> Source:
     """
     kind, _, path = config.spec.partition(":")
     if kind not in SOURCE_KINDS:
-        raise SourceError(f"`--source` ({config.spec!r}): unknown kind {kind!r}; allowed: {', '.join(k + (':PATH' if k != 'digits' else '') for k in SOURCE_KINDS)}")
+        raise SourceError(f"`--source` ({config.spec!r}): unknown kind {kind!r}; allowed: {', '.join(_SOURCE_USAGE)}")
     if kind == "digits":
         return _digits()
     if not path:

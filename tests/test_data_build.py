@@ -212,3 +212,9 @@ def test_cli_build_and_inspect(tmp_path):
     assert shard.name in bad.stderr and "sha256" in bad.stderr
     wrong = subprocess.run([RAYTRON, "data", "build", "--source", "digits", "--out", str(out), "--val-fraction", "1.5"], env=env, capture_output=True, text=True, timeout=60)
     assert wrong.returncode == 2 and "--val-fraction" in wrong.stderr
+
+
+def test_inspect_of_a_missing_directory_is_bad_input(tmp_path):
+    result = subprocess.run([RAYTRON, "data", "inspect", str(tmp_path / "nowhere")], env=base_env(tmp_path / "home"), capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert "no manifest.json at" in result.stderr and "raytron data build" in result.stderr
