@@ -442,7 +442,7 @@ def _notes(args: DdpArgs, ratios: dict, med: dict, phases: dict, runs: list[Run]
             ("group_done", "result.json written (actors killed just before)"), ("actors_killed", "actors got the kill"),
             ("driver_ray_shutdown", "driver left Ray"), ("job_end", "job driver exited (Ray's record)"),
             ("exit", "CLI noticed and exited"),
-        ]) + ". Marked polls are when the CLI saw them (it polls status and logs every 0.1 s for 10 s, then backs off to 1 s); "
+        ]) + ". Marked polls are when the CLI saw them (it polls status and logs every 0.1 s for 3 s, then backs off to 1 s); "
            "the other moments come from the job log's and Ray's session logs' own timestamps and from file times.")
     p = phases.get(TORCHRUN) or {}
     if p:
@@ -465,7 +465,7 @@ def _notes(args: DdpArgs, ratios: dict, med: dict, phases: dict, runs: list[Run]
         ours, theirs = med[RAYTRON].get("other_cores"), med[TORCHRUN].get("other_cores")
         if ours is not None and theirs is not None and ours > theirs:
             notes.append(f"During raytron's loop other processes used {ours - theirs:.2f} more cores than during torchrun's. `raytron submit --wait` "
-                         "polls the job's status and its whole log every 0.1 s for its first 10 s, then backs off to 1 s (JobManager.watch), and the "
+                         "polls the job's status and its whole log every 0.1 s for its first 3 s, then backs off to 1 s (JobManager.watch), and the "
                          "Ray dashboard, its JobHead, the dashboard agent and the GCS answer those polls; this short job's loop falls inside that "
                          "fast-poll window.")
     ends = {(r.steps, round(r.final_loss, 4)) for r in timed if r.final_loss is not None}

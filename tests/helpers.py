@@ -57,7 +57,7 @@ class Head:
     address: str
     env: dict[str, str]
 
-    def cli(self, *args: str, timeout_s: float = 120) -> CliResult:
-        return run_cli(*args, env=self.env, timeout_s=timeout_s)
+    def cli(self, *args: str, timeout_s: float = 120, extra_env: dict[str, str] | None = None) -> CliResult:
+        return run_cli(*args, env={**self.env, **(extra_env or {})}, timeout_s=timeout_s)
 
 

@@ -118,3 +118,24 @@ def test_our_subpackages_import_as_raytron():
     code = "import raytron.cluster, raytron.datasets, raytron.trainers, raytron.serving; print(raytron.cluster.__version__)"
     proc = subprocess.run([sys.executable, "-c", code], cwd="/", capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_step_lines_drive_the_bar_even_split_across_log_chunks():
+    import io
+
+    from rich.console import Console
+
+    from raytron.cluster.cli._progress import JobLine, parse_step_line
+
+    assert parse_step_line("(TrainWorker pid=123) raytron: step 40/130 epoch 0: loss 0.3100, 2,000 samples/s") == (40, 130, "epoch 0: loss 0.3100, 2,000 samples/s")
+    assert parse_step_line("\x1b[36m(RayTrainWorker pid=7, ip=127.0.0.1)\x1b[0m raytron: step 5/5") == (5, 5, "")
+    for not_a_step in ("raytron: step 3 epoch 0: loss 1", "raytron: stepping 1/2", "raytron: step 1/0", "step 1/2"):
+        assert parse_step_line(not_a_step) is None, not_a_step
+    screen = io.StringIO()
+    with JobLine(Console(file=screen, force_terminal=True, force_interactive=False, width=160), "job-1") as line:
+        line.status("RUNNING", "3.0s")
+        log = "(TrainWorker pid=1) raytron: training...\n(TrainWorker pid=1) raytron: step 10/20 epoch 0: loss 0.50\n(TrainWorker pid=1) raytron: ste"
+        line.feed(log[:50])
+        line.feed(log[50:])  # a chunk boundary inside a line
+        line.feed("p 20/20 epoch 1: loss 0.25\n")
+    assert "job-1 RUNNING 3.0s" in screen.getvalue() and "step 20/20 epoch 1: loss 0.25" in screen.getvalue(), screen.getvalue()

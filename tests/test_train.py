@@ -91,8 +91,12 @@ def test_example_train_spec_resolves_its_manifest_relative_to_the_file():
 @pytest.mark.slow
 def test_two_workers_bf16_loss_falls_and_checkpoint_loads_outside_ray(head, digits, tmp_path):
     spec = train_spec(tmp_path, digits, "falls", precision="bf16", steps=60, optimizer={"name": "adamw", "lr": 0.01}, log_every_steps=10)
-    result = head.cli("submit", str(spec), "--wait", timeout_s=300)
+    # stderr treated as a terminal (rich's TTY_COMPATIBLE), stdout a pipe: the step bar is drawn on
+    # stderr and the plain log goes to stdout.
+    result = head.cli("submit", str(spec), "--wait", timeout_s=300, extra_env={"TTY_COMPATIBLE": "1", "TTY_INTERACTIVE": "0"})
     assert result.returncode == 0, result.output
+    assert "step 60/60" in result.stderr and "loss" in result.stderr, result.stdout[-3000:] + result.stderr
+    assert "raytron: step 60/60 epoch" in result.stdout
     rows = [r for r in metrics(tmp_path, "falls") if "loss" in r]
     assert rows[-1]["loss"] < 0.5 * rows[0]["loss"], rows
     final = json.loads((tmp_path / "runs" / "falls" / "result.json").read_text())
@@ -221,3 +225,23 @@ def test_cnn_on_image_shards(head, tmp_path):
     assert result.returncode == 0, result.output
     final = json.loads((tmp_path / "runs" / "cnn" / "result.json").read_text())
     assert final["metrics"]["val_accuracy"] >= 0.9
+
+
+@pytest.mark.slow
+def test_ray_train_launcher_reports_metrics_and_checkpoints_to_ray_train(head, digits, tmp_path):
+    """`launcher: ray_train` runs the same loop in TorchTrainer: same weights as the lean group, and
+    Ray Train's Result carries the last metrics and a copy of the last checkpoint."""
+    spec = train_spec(tmp_path, digits, "viatrain", steps=20, launcher="ray_train")
+    result = head.cli("submit", str(spec), "--wait", timeout_s=300)
+    assert result.returncode == 0, result.output
+    final = json.loads((tmp_path / "runs" / "viatrain" / "result.json").read_text())
+    ray_train = final["ray_train"]
+    assert ray_train["metrics"]["step"] == 20 and ray_train["metrics"]["loss"] == pytest.approx(final["metrics"]["loss"])
+    assert Path(ray_train["checkpoint"]).name == "step-00000020"
+    copied = load_model_state(ray_train["checkpoint"])
+    ours = weights(tmp_path, "viatrain")
+    lean = train_spec(tmp_path, digits, "lean", steps=20)
+    assert head.cli("submit", str(lean), "--wait", timeout_s=300).returncode == 0
+    for key, value in weights(tmp_path, "lean").items():
+        torch.testing.assert_close(copied[key], ours[key], atol=0, rtol=0)
+        torch.testing.assert_close(ours[key], value, atol=1e-6, rtol=0)

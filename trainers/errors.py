@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from raytron.cluster.errors import RaytronError
 
-__all__ = ["TrainError", "CheckpointError", "CollectiveTimeout", "WorkerFailed"]
+__all__ = ["TrainError", "CheckpointError", "CollectiveTimeout", "WorkerFailed", "first_line"]
 
 
 class TrainError(RaytronError):
@@ -32,3 +32,9 @@ class WorkerFailed(TrainError):
 
 def _rebuild_timeout(message: str, missing: tuple[int, ...]) -> CollectiveTimeout:
     return CollectiveTimeout(message, missing_ranks=missing)
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (Ray's wrap whole tracebacks), or its type's name."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -17,7 +17,7 @@ from typing import Any
 
 import ray
 
-from raytron.trainers.errors import CollectiveTimeout, TrainError, WorkerFailed
+from raytron.trainers.errors import CollectiveTimeout, TrainError, WorkerFailed, first_line
 from raytron.trainers.phases import COLLECTIVE_PHASES
 from raytron.trainers.spec import TrainJobSpec
 
@@ -99,14 +99,14 @@ def _watch(workers: list, refs: list, timeout_s: float, poll_interval_s: float) 
             try:
                 results[rank] = ray.get(ref)
             except ray.exceptions.RayActorError as exc:
-                raise WorkerFailed(f"worker rank {rank} died: {_first_line(exc)}") from None
+                raise WorkerFailed(f"worker rank {rank} died: {first_line(exc)}") from None
             except ray.exceptions.RayTaskError as exc:
                 cause = exc.cause if getattr(exc, "cause", None) is not None else exc
                 if _is_collective_timeout(cause):
                     raise _timeout_error(workers, rank, cause, timeout_s) from None
                 if isinstance(cause, TrainError):
                     raise type(cause)(f"rank {rank}: {cause}") from None
-                raise WorkerFailed(f"worker rank {rank} failed: {type(cause).__name__}: {_first_line(cause)}") from None
+                raise WorkerFailed(f"worker rank {rank} failed: {type(cause).__name__}: {first_line(cause)}") from None
     return results[0]
 
 
@@ -138,11 +138,6 @@ def _timeout_error(workers: list, reporting_rank: int, cause: BaseException, tim
     )
     return CollectiveTimeout(
         f"a collective timed out after {timeout_s:g} s (`train.collective_timeout_s`) on rank {reporting_rank}: "
-        f"missing rank(s) {missing or 'unknown'}. Where every rank was: {detail}. Cause: {_first_line(cause)}",
+        f"missing rank(s) {missing or 'unknown'}. Where every rank was: {detail}. Cause: {first_line(cause)}",
         missing_ranks=tuple(missing),
     )
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

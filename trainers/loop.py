@@ -16,7 +16,7 @@ import os
 import time
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.distributed as dist
@@ -29,14 +29,19 @@ from raytron.trainers.errors import CheckpointError
 from raytron.trainers.recipes import Recipe, build_model
 from raytron.trainers.spec import TrainJobSpec
 
-__all__ = ["TrainLoop"]
+__all__ = ["TrainLoop", "Reporter"]
+
+#: Called on every rank with each metrics row (after the all-reduce, so every rank passes the same
+#: numbers) and, at checkpoints, with the checkpoint directory on rank 0 (None on the others).
+#: The Ray Train launcher passes these on to `ray.train.report`.
+Reporter = Callable[[dict[str, Any], "Path | None"], None]
 
 
 class TrainLoop:
     """The state of one rank; `progress()` may be called from another thread while `run()` works."""
 
-    def __init__(self, spec: TrainJobSpec, *, rank: int, world_size: int):
-        self.spec, self.rank, self.world_size = spec, rank, world_size
+    def __init__(self, spec: TrainJobSpec, *, rank: int, world_size: int, report: Reporter | None = None):
+        self.spec, self.rank, self.world_size, self.report = spec, rank, world_size, report
         self.step = 0
         self.phase = "starting"
         self.updated_at = time.time()
@@ -94,6 +99,7 @@ class TrainLoop:
         if resume is not None:
             self._restore(resume, meta, optimizer, scheduler, scaler, loader)
         self.step = int(meta.get("step", 0))
+        self.total_steps = total_steps
         loss_fn = nn.CrossEntropyLoss() if t.loss == "cross_entropy" else nn.MSELoss()
         autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(t.precision)
         metrics_file = run_dir / "metrics.jsonl"
@@ -164,14 +170,17 @@ class TrainLoop:
 
     def _checkpoint(self, root: Path, model, optimizer, scheduler, scaler, loader: ShardLoader, manifest: Manifest, metrics: dict, epoch: int) -> None:
         self._mark("checkpoint")
+        saved = None
         if self.rank == 0:
-            save_checkpoint(root, step=self.step, model_state=model.state_dict(), optimizer_state=optimizer.state_dict(), keep=self.spec.train.checkpoint.keep, meta={
+            saved = save_checkpoint(root, step=self.step, model_state=model.state_dict(), optimizer_state=optimizer.state_dict(), keep=self.spec.train.checkpoint.keep, meta={
                 "epoch": epoch, "spec": json.loads(self.spec.to_json()), "data": loader.state_dict(), "metrics": metrics,
                 "manifest_sha256": manifest.sha256, "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler.is_enabled() else None,
                 "world_size": self.world_size,
             })
         if dist.is_initialized():
             dist.barrier()  # no rank runs ahead of a checkpoint a restart would resume from
+        if self.report is not None:
+            self.report(dict(metrics, step=self.step, epoch=epoch), saved.path if saved is not None else None)
 
     def _log_window(self, window: dict, recipe: Recipe, epoch: int, scheduler, metrics_file: Path, device) -> dict[str, Any]:
         self._mark("log")
@@ -191,7 +200,10 @@ class TrainLoop:
             _append(metrics_file, row)
             extra = f", {row['tokens_per_s']:,.0f} tokens/s" if "tokens_per_s" in row else ""
             extra += f", MFU {row['mfu']:.1%}" if "mfu" in row else ""
-            _log(f"step {self.step} epoch {epoch}: loss {loss:.4f}, lr {row['lr']:.2e}, {samples_per_s:,.0f} samples/s{extra}")
+            # `raytron: step N/TOTAL` lines drive the progress bar of `raytron submit --wait` on a terminal.
+            _log(f"step {self.step}/{self.total_steps} epoch {epoch}: loss {loss:.4f}, lr {row['lr']:.2e}, {samples_per_s:,.0f} samples/s{extra}")
+        if self.report is not None:
+            self.report(row, None)
         window.update(loss=0.0, n=0, samples=0, t0=time.perf_counter())
         return row
 

@@ -83,6 +83,12 @@ class TrainConfig(SpecModel):
     """Samples per optimizer step across all workers; split evenly between them."""
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     strategy: Literal["ddp"] = "ddp"
+    launcher: Literal["raytron", "ray_train"] = "raytron"
+    """How the workers are started. `raytron`: one lean Ray actor per rank (about 2 s to start on a
+    small machine; a collective timeout names the ranks that never arrived). `ray_train`: Ray Train's
+    TorchTrainer, for metrics and checkpoints reported to Ray Train (its Result, its dashboard views,
+    its storage layout); 10-15 s more start-up and teardown, and a collective timeout is Ray Train's
+    plain error. Checkpoints, resume, metrics.jsonl and `max_failures` behave the same in both."""
     seed: int = 0
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
     max_failures: int = Field(0, ge=0, le=100)

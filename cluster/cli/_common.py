@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 import time
 from typing import Annotated, Optional
 
@@ -49,6 +48,3 @@ def format_duration(seconds: float | None) -> str:
 def format_time(epoch_s: float | None) -> str:
     return "-" if epoch_s is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(epoch_s))
 
-
-def stderr_is_tty() -> bool:
-    return sys.stderr.isatty()

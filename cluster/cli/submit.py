@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import time
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -45,31 +46,28 @@ def command(
 
 def follow(manager, job_id: str, t0: float) -> int:
     """Stream the job's logs to stdout with a status line on stderr; exit code from the final status."""
-    from raytron.cluster.cli._common import err, format_duration, stderr_is_tty, styled_status
+    from raytron.cluster.cli._common import err, format_duration, styled_status
+    from raytron.cluster.cli._progress import JobLine
 
-    live = err.status(f"{job_id} PENDING", spinner="dots") if stderr_is_tty() else None
+    # On a terminal: a live status line, with a step bar once the job prints `raytron: step N/TOTAL`.
     record = None
     try:
-        if live is not None:
-            live.start()
-        for event in manager.watch(job_id):
-            record = event.record
-            if event.log_text:
-                sys.stdout.write(event.log_text)
-                sys.stdout.flush()
-            elapsed = format_duration(time.monotonic() - t0)
-            if live is not None:
-                live.update(f"{job_id} {styled_status(record.status)} {elapsed}")
-            elif event.status_changed and not record.terminal:
-                err.print(f"raytron: {job_id} {record.status} ({elapsed})")
+        with JobLine(err, job_id) if err.is_terminal else nullcontext() as line:
+            for event in manager.watch(job_id):
+                record = event.record
+                if event.log_text:
+                    sys.stdout.write(event.log_text)
+                    sys.stdout.flush()
+                    if line is not None:
+                        line.feed(event.log_text)
+                elapsed = format_duration(time.monotonic() - t0)
+                if line is not None:
+                    line.status(styled_status(record.status), elapsed)
+                elif event.status_changed and not record.terminal:
+                    err.print(f"raytron: {job_id} {record.status} ({elapsed})")
     except KeyboardInterrupt:
-        if live is not None:
-            live.stop()
         err.print(f"\n[yellow]stopped following[/]; the job keeps running. `raytron stop {job_id}` stops it.")
         return 130
-    finally:
-        if live is not None:
-            live.stop()
     elapsed = format_duration(time.monotonic() - t0)
     if record.status == "SUCCEEDED":
         err.print(f"[green]✔[/] {job_id} {styled_status(record.status)} in {elapsed}")
