@@ -138,9 +138,11 @@ def test_ddp_equals_one_process_averaging_the_same_global_batches(head, digits, 
 @pytest.mark.slow
 def test_resubmitting_resumes_and_ends_with_the_uninterrupted_weights(head, digits, tmp_path):
     whole = train_spec(tmp_path, digits, "whole", steps=30)
-    assert head.cli("submit", str(whole), "--wait", timeout_s=300).returncode == 0
+    first = head.cli("submit", str(whole), "--wait", timeout_s=300)
+    assert first.returncode == 0, first.output
     half = train_spec(tmp_path, digits, "halves", steps=12)
-    assert head.cli("submit", str(half), "--wait", timeout_s=300).returncode == 0
+    second = head.cli("submit", str(half), "--wait", timeout_s=300)
+    assert second.returncode == 0, second.output
     assert [c.step for c in list_checkpoints(tmp_path / "runs" / "halves" / "checkpoints")] == [10, 12]
     again = head.cli("submit", str(half), "--wait", "--set", "train.steps=30", timeout_s=300)
     assert again.returncode == 0, again.output
@@ -148,6 +150,11 @@ def test_resubmitting_resumes_and_ends_with_the_uninterrupted_weights(head, digi
     a, b = weights(tmp_path, "whole"), weights(tmp_path, "halves")
     for key in a:
         torch.testing.assert_close(a[key], b[key], atol=1e-6, rtol=0)
+    # The same spec once more: the driver sees the final checkpoint of this exact spec and starts no workers.
+    noop = head.cli("submit", str(half), "--wait", "--set", "train.steps=30", timeout_s=300)
+    assert noop.returncode == 0, noop.output
+    assert "already trained to step 30 with this exact spec" in noop.stdout and "TrainWorker" not in noop.stdout, noop.stdout
+    assert [c.step for c in list_checkpoints(tmp_path / "runs" / "halves" / "checkpoints")] == [10, 12, 20, 30]
 
 
 @pytest.mark.slow

@@ -175,7 +175,7 @@ class TrainLoop:
             saved = save_checkpoint(root, step=self.step, model_state=model.state_dict(), optimizer_state=optimizer.state_dict(), keep=self.spec.train.checkpoint.keep, meta={
                 "epoch": epoch, "spec": json.loads(self.spec.to_json()), "data": loader.state_dict(), "metrics": metrics,
                 "manifest_sha256": manifest.sha256, "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler.is_enabled() else None,
-                "world_size": self.world_size,
+                "world_size": self.world_size, "total_steps": self.total_steps,
             })
         if dist.is_initialized():
             dist.barrier()  # no rank runs ahead of a checkpoint a restart would resume from
