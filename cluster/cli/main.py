@@ -7,7 +7,7 @@ import sys
 import click
 import typer
 
-from raytron.cluster.cli import bench, data, down, jobs, logs, status, stop, submit, up
+from raytron.cluster.cli import bench, data, down, export, jobs, logs, serve, status, stop, submit, up
 
 app = typer.Typer(
     name="raytron",
@@ -17,7 +17,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-for module in (up, down, status, submit, jobs, logs, stop, bench):
+for module in (up, down, status, submit, jobs, logs, stop, export, serve, bench):
     app.command(module.NAME, help=module.command.__doc__)(module.command)
 app.add_typer(data.app, name=data.NAME)
 
