@@ -29,6 +29,10 @@ demo: venv
 	$(BIN)/raytron data inspect .demo/digits --verify
 	@echo "== data-parallel training on those shards: 2 workers, bf16, checkpoints under .demo/runs/digits-mlp"
 	$(BIN)/raytron submit examples/train-digits.yaml --wait --set storage.path=$(CURDIR)/.demo/runs
+	@echo "== exporting the trained model to ONNX, parity-checked on validation samples, into a Triton model repository"
+	$(BIN)/raytron export .demo/runs/digits-mlp --name digits --repo .demo/model_repository
+	@echo "== serving it: 2 Triton replicas behind the gateway on a free loopback port, called with tritonclient, then Ctrl-C"
+	BIN=$(BIN) examples/demo_serve.sh .demo/model_repository
 	@echo "== the head keeps running for your own jobs; 'make demo-down' or '$(BIN)/raytron down' stops it"
 
 demo-down: venv
@@ -50,6 +54,8 @@ bench: venv
 	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
 	$(BIN)/raytron bench submit
 	$(BIN)/raytron bench data
+	$(BIN)/raytron bench ddp
+	$(BIN)/raytron bench serving
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

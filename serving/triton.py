@@ -226,12 +226,37 @@ class Replica:
         self.kill()
 
     def kill(self) -> None:
-        """SIGKILL the server and its stubs at once (a crash, as far as clients can tell)."""
+        """SIGKILL the server and its stubs at once (a crash, as far as clients can tell).
+
+        A graceful stop lets Triton remove the stubs' shared-memory regions; after a kill they would
+        stay in /dev/shm (1 MiB and more each), so they are removed here by the names the stubs carry
+        in their command lines.
+        """
+        regions = _shm_regions(self.process.pid) if self.alive() else []
         _signal_group(self.process, signal.SIGKILL)
         try:
             self.process.wait(timeout=10)
         except subprocess.TimeoutExpired:
             pass
+        for name in regions:
+            for path in Path("/dev/shm").glob(f"{name}*"):
+                path.unlink(missing_ok=True)
+
+
+def _shm_regions(pid: int) -> list[str]:
+    import psutil
+
+    try:
+        children = psutil.Process(pid).children(recursive=True)
+    except psutil.Error:
+        return []
+    names = []
+    for child in children:
+        try:
+            names += [a for a in child.cmdline() if a.startswith("triton_python_backend_shm_region_")]
+        except psutil.Error:
+            continue
+    return names
 
 
 def _signal_group(process: subprocess.Popen, sig: int) -> None:
