@@ -132,6 +132,8 @@ class Server:
         if self.gateway is not None:
             self.gateway.__exit__(None, None, None)
             self.gateway = None
+        for replica in self.replicas:  # all drain at once, not one after the other
+            replica.terminate()
         for replica in self.replicas:
             replica.stop(self.config.drain_timeout_s)
         self.replicas = []

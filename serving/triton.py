@@ -215,10 +215,15 @@ class Replica:
         finally:
             client.close()
 
+    def terminate(self) -> None:
+        """Ask the server to finish in-flight requests and exit (SIGTERM); `stop` waits for it."""
+        if self.alive():
+            _signal_group(self.process, signal.SIGTERM)
+
     def stop(self, timeout_s: float = 10.0) -> None:
         """SIGTERM (Triton finishes in-flight requests), then SIGKILL of the whole process group."""
         if self.alive():
-            _signal_group(self.process, signal.SIGTERM)
+            self.terminate()
             try:
                 self.process.wait(timeout=timeout_s)
             except subprocess.TimeoutExpired:
