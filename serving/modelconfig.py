@@ -27,7 +27,7 @@ from raytron.serving.errors import ModelRepositoryError
 
 __all__ = [
     "ModelConfig", "read_model_config", "write_model_config", "config_text", "RepoModel", "list_models",
-    "PLATFORM_FILES", "triton_dtype", "numpy_dtype", "wire_dtype",
+    "PLATFORM_FILES", "triton_dtype", "numpy_dtype", "wire_dtype", "autocomplete_onnx",
 ]
 
 ModelConfig = mc.ModelConfig
@@ -136,5 +136,52 @@ def list_models(repo: str | Path) -> list[RepoModel]:
         if config.name != d.name:
             raise ModelRepositoryError(f"{d}/config.pbtxt names the model {config.name!r}, but Triton requires the directory's name {d.name!r}")
         versions = tuple(sorted(int(v.name) for v in d.iterdir() if v.is_dir() and v.name.isdigit()))
-        models.append(RepoModel(d.name, d, config, versions))
+        model = RepoModel(d.name, d, config, versions)
+        if not (config.input and config.output) and model.platform == "onnxruntime_onnx" and versions:
+            model = RepoModel(d.name, d, autocomplete_onnx(config, model.model_file(versions[-1])), versions)
+        models.append(model)
     return models
+
+
+#: What Triton's auto-complete gives a model that can batch but names no max_batch_size (its
+#: `--backend-config=default-max-batch-size`, 4 by default).
+_DEFAULT_MAX_BATCH_SIZE = 4
+
+
+def autocomplete_onnx(config: ModelConfig, model_file: Path) -> ModelConfig:
+    """Fill in a minimal ONNX config's inputs and outputs from the model, as Triton's auto-complete does.
+
+    Many ONNX configs name only `platform` (and maybe `max_batch_size`): Triton's ONNX Runtime backend
+    reads the tensors from the model. With `max_batch_size` > 0 the first dimension is the batch and
+    is dropped from `dims`; with none given and every tensor's first dimension dynamic, the model is
+    taken to batch, with Triton's default `max_batch_size` of 4. Tensors the config already names keep
+    the config's values.
+    """
+    import onnx
+    from onnx import helper
+
+    try:
+        graph = onnx.load(str(model_file)).graph
+    except Exception as exc:  # noqa: BLE001 - onnx raises several kinds for a bad file
+        raise ModelRepositoryError(f"{model_file}: cannot read the ONNX model to complete {model_file.parent.parent}/config.pbtxt ({exc})") from None
+    initializers = {t.name for t in graph.initializer}
+    inputs = [v for v in graph.input if v.name not in initializers]
+
+    def dims(value) -> list[int]:
+        return [d.dim_value if d.HasField("dim_value") else -1 for d in value.type.tensor_type.shape.dim]
+
+    completed = ModelConfig()
+    completed.CopyFrom(config)
+    batching = completed.max_batch_size > 0
+    if not batching and all(dims(v)[:1] == [-1] for v in [*inputs, *graph.output]):
+        completed.max_batch_size, batching = _DEFAULT_MAX_BATCH_SIZE, True
+    for values, field in ((inputs, completed.input), (graph.output, completed.output)):
+        named = {t.name for t in field}
+        for value in values:
+            if value.name in named:
+                continue
+            tensor = field.add()
+            tensor.name = value.name
+            tensor.data_type = mc.DataType.Value(triton_dtype(helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type)))
+            tensor.dims.extend(dims(value)[1:] if batching else dims(value))
+    return completed

@@ -122,3 +122,29 @@ def _input(x: np.ndarray):
     request = grpcclient.InferInput("x", list(x.shape), "FP32")
     request.set_data_from_numpy(x)
     return request
+
+
+def test_a_minimal_onnx_config_is_completed_from_the_model_as_triton_does(tmp_path):
+    """Many ONNX repositories give only `platform`: the tensors come from the model, and a model
+    whose every first dimension is dynamic batches with Triton's default max_batch_size of 4."""
+    import tritonclient.grpc as grpcclient
+
+    from raytron.serving.serve import ServeConfig, Server
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 3), torch.nn.Tanh()).eval()
+    (tmp_path / "repo" / "tiny" / "1").mkdir(parents=True)
+    torch.onnx.export(model, (torch.zeros(2, 6),), str(tmp_path / "repo" / "tiny" / "1" / "model.onnx"), input_names=["features"],
+                      output_names=["scores"], dynamic_axes={"features": {0: "batch"}, "scores": {0: "batch"}}, dynamo=False)
+    (tmp_path / "repo" / "tiny" / "config.pbtxt").write_text('platform: "onnxruntime_onnx"\n')
+    with Server(ServeConfig(repo=tmp_path / "repo", port=0, startup_timeout_s=60), log=lambda _: None) as server:
+        client = grpcclient.InferenceServerClient(f"127.0.0.1:{server.port}")
+        seen = client.get_model_config("tiny").config
+        assert (seen.platform, seen.max_batch_size) == ("onnxruntime_onnx", 4)
+        assert [(t.name, t.data_type, list(t.dims)) for t in seen.input] == [("features", 11, [6])]  # 11: TYPE_FP32
+        assert [(t.name, list(t.dims)) for t in seen.output] == [("scores", [3])]
+        x = np.random.default_rng(1).random((4, 6), dtype=np.float32)
+        request = grpcclient.InferInput("features", [4, 6], "FP32")
+        request.set_data_from_numpy(x)
+        np.testing.assert_allclose(client.infer("tiny", [request]).as_numpy("scores"), model(torch.from_numpy(x)).detach().numpy(), atol=1e-5)
+        client.close()
