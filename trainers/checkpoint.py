@@ -8,9 +8,14 @@ Layout, under `<storage.path>/<name>/checkpoints/`::
       meta.json               step, epoch, the resolved spec, the data reader's state, metrics,
                               the shard manifest's sha256, the optimizer's param groups, scheduler
                               and loss-scaler state
+      deepspeed/              (`strategy: deepspeed` only) DeepSpeed's own per-rank shards, written by
+                              `engine.save_checkpoint`: its private resume state (torch.save files,
+                              i.e. pickle), read back only by DeepSpeed when the same run resumes.
+                              model.safetensors beside it is the consolidated fp32 model to exchange.
 
 A checkpoint is written into a hidden temporary directory and renamed into place when complete,
-so `latest_checkpoint` never returns a partial one. No pickle anywhere.
+so `latest_checkpoint` never returns a partial one. Nothing raytron writes here is pickle; DeepSpeed's
+own shards under `deepspeed/` are the one exception, kept private as described above.
 """
 
 from __future__ import annotations
@@ -45,12 +50,17 @@ class Checkpoint:
 
 def save_checkpoint(
     root: Path, *, step: int, model_state: dict[str, torch.Tensor], optimizer_state: dict[str, Any] | None, meta: dict[str, Any], keep: int,
+    staging: Path | None = None,
 ) -> Checkpoint:
-    """Write `step-<step>/` under `root` atomically and delete all but the newest `keep`."""
+    """Write `step-<step>/` under `root` atomically and delete all but the newest `keep`.
+
+    `staging`: a hidden directory under `root` that already holds other files of this checkpoint
+    (DeepSpeed's shards, written by every rank); it is completed and renamed into place.
+    """
     from safetensors.torch import save_file
 
     root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".step-{step:08d}.", dir=root))
+    tmp = staging if staging is not None else Path(tempfile.mkdtemp(prefix=f".step-{step:08d}.", dir=root))
     try:
         # Tied weights share storage, which safetensors refuses; each key gets its own copy.
         save_file({k: v.detach().to("cpu", torch.float32 if v.is_floating_point() else v.dtype).clone().contiguous() for k, v in model_state.items()},
@@ -61,7 +71,9 @@ def save_checkpoint(
             save_file(tensors, str(tmp / "optimizer.safetensors"))
             full_meta["optimizer"] = opt_meta
         (tmp / "meta.json").write_text(json.dumps(full_meta, indent=2, default=_json_default) + "\n")
-        for f in tmp.iterdir():
+        for f in tmp.rglob("*"):
+            if not f.is_file():
+                continue
             with open(f, "rb") as fh:
                 os.fsync(fh.fileno())
         final = root / f"step-{step:08d}"

@@ -30,9 +30,9 @@ class TrainWorker:
 
     def __init__(self, spec_json: str, rank: int, world_size: int):
         # torch is imported here, in the worker, never in the job's driver (it cost the driver 1.5 s).
-        from raytron.trainers.loop import TrainLoop
+        from raytron.trainers.loop import new_loop
 
-        self.loop = TrainLoop(TrainJobSpec.model_validate_json(spec_json), rank=rank, world_size=world_size)
+        self.loop = new_loop(TrainJobSpec.model_validate_json(spec_json), rank=rank, world_size=world_size)
 
     def address(self) -> tuple[str, int]:
         """This node's IP and a free port on it, for rank 0's rendezvous."""

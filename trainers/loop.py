@@ -29,12 +29,21 @@ from raytron.trainers.errors import CheckpointError
 from raytron.trainers.recipes import Recipe, build_model
 from raytron.trainers.spec import TrainJobSpec
 
-__all__ = ["TrainLoop", "Reporter"]
+__all__ = ["TrainLoop", "Reporter", "new_loop"]
 
 #: Called on every rank with each metrics row (after the all-reduce, so every rank passes the same
 #: numbers) and, at checkpoints, with the checkpoint directory on rank 0 (None on the others).
 #: The Ray Train launcher passes these on to `ray.train.report`.
 Reporter = Callable[[dict[str, Any], "Path | None"], None]
+
+
+def new_loop(spec: TrainJobSpec, *, rank: int, world_size: int, report: Reporter | None = None) -> "TrainLoop":
+    """The loop of `spec`'s strategy: `TrainLoop` (DDP) or `DeepSpeedLoop` (imports DeepSpeed only then)."""
+    if spec.train.strategy == "deepspeed":
+        from raytron.trainers.deepspeed import DeepSpeedLoop
+
+        return DeepSpeedLoop(spec, rank=rank, world_size=world_size, report=report)
+    return TrainLoop(spec, rank=rank, world_size=world_size, report=report)
 
 
 class TrainLoop:

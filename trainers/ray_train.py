@@ -67,7 +67,7 @@ def _train_worker(config: dict[str, Any]) -> None:
     """One rank, inside Ray Train's worker group (the process group is already joined)."""
     import ray.train
 
-    from raytron.trainers.loop import TrainLoop
+    from raytron.trainers.loop import new_loop
 
     ctx = ray.train.get_context()
     rank = ctx.get_world_rank()
@@ -79,7 +79,7 @@ def _train_worker(config: dict[str, Any]) -> None:
                          checkpoint_dir_name=checkpoint_dir.name if checkpoint_dir is not None else None)
 
     spec = TrainJobSpec.model_validate_json(config["spec_json"])
-    TrainLoop(spec, rank=rank, world_size=ctx.get_world_size(), report=report).run()
+    new_loop(spec, rank=rank, world_size=ctx.get_world_size(), report=report).run()
 
 
 def _latest_meta(root: Path) -> dict[str, Any]:

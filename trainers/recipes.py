@@ -58,6 +58,17 @@ class CNN(nn.Module):
         return self.head(self.features(x).flatten(1))
 
 
+class SmallInitEmbedding(nn.Embedding):
+    """An embedding initialised N(0, 0.02) as GPT-2 does, not N(0, 1): with the output head tied to the
+    token embedding, unit-variance vectors give logits in the hundreds and a first loss far above
+    ln(vocab). Done in `reset_parameters`, which runs inside the module's own constructor, so it also
+    holds under DeepSpeed's `zero.Init` (which partitions each module's parameters right after it)."""
+
+    def reset_parameters(self) -> None:
+        nn.init.normal_(self.weight, std=0.02)
+        self._fill_padding_idx_with_zero()
+
+
 class GPT(nn.Module):
     """A small decoder-only transformer (pre-norm blocks, learned positions, tied embeddings)."""
 
@@ -65,8 +76,8 @@ class GPT(nn.Module):
         super().__init__()
         if d_model % n_heads:
             raise TrainError(f"`train.model.args.d_model` ({d_model}) must be divisible by `n_heads` ({n_heads})")
-        self.tok = nn.Embedding(vocab_size, d_model)
-        self.pos = nn.Embedding(seq_len, d_model)
+        self.tok = SmallInitEmbedding(vocab_size, d_model)
+        self.pos = SmallInitEmbedding(seq_len, d_model)
         self.blocks = nn.ModuleList([Block(d_model, n_heads, dropout) for _ in range(n_layers)])
         self.norm = nn.LayerNorm(d_model)
         self.head = nn.Linear(d_model, vocab_size, bias=False)
