@@ -137,7 +137,7 @@ def test_zero3_follows_ddp_and_its_consolidated_weights_are_the_live_model(head,
     assert ddp.returncode == 0, ddp.output
     a, b = losses(tmp_path, "z3"), losses(tmp_path, "ddp")
     assert len(a) == len(b) == 4
-    assert a[-1] < 0.5 * a[0], a
+    assert a[-1] < 0.7 * a[0], a  # from about ln(256) = 5.5 at N(0, 0.02) initialisation
     assert a == pytest.approx(b, rel=1e-3), (a, b)
     final = json.loads((tmp_path / "runs" / "z3" / "result.json").read_text())
     step_dir = list_checkpoints(tmp_path / "runs" / "z3" / "checkpoints")[-1].path
@@ -158,7 +158,7 @@ def test_zero2_bf16_loss_falls_and_resume_gives_the_uninterrupted_weights(head, 
     whole = head.cli("submit", str(ds_spec(tmp_path, tokens, "whole", zero2)), "--wait", timeout_s=300)
     assert whole.returncode == 0, whole.output
     a = losses(tmp_path, "whole")
-    assert a[-1] < 0.5 * a[0], a
+    assert a[-1] < 0.7 * a[0], a  # from about ln(256) = 5.5 at N(0, 0.02) initialisation
     assert "micro-batch 4 x accumulation 2 x data-parallel 2" in whole.stdout, whole.stdout[-3000:]
     half = ds_spec(tmp_path, tokens, "halves", zero2, steps=12)
     first = head.cli("submit", str(half), "--wait", timeout_s=300)
@@ -195,7 +195,7 @@ def test_two_stage_pipeline_loss_falls_and_consolidates_into_plain_gpt(head, tok
     assert result.returncode == 0, result.output
     assert "micro-batch 8 x accumulation 2 x data-parallel 1" in result.stdout, result.stdout[-3000:]
     a = losses(tmp_path, "pipe")
-    assert a[-1] < 0.5 * a[0], a
+    assert a[-1] < 0.7 * a[0], a  # from about ln(256) = 5.5 at N(0, 0.02) initialisation
     state = load_model_state(tmp_path / "runs" / "pipe")
     assert torch.equal(state["tok.weight"], state["head.weight"])
     # The consolidated model is the trained one: its validation loss is near the last training loss.
