@@ -33,9 +33,10 @@ from raytron.datasets.manifest import Manifest
 from raytron.datasets.reader import ReaderConfig, ShardLoader
 from raytron.trainers.checkpoint import latest_checkpoint, save_checkpoint
 from raytron.trainers.errors import CheckpointError, TrainError
-from raytron.trainers.loop import TrainLoop, _append, _log, _loss, _optimizer, _schedule
+from raytron.trainers.loop import TrainLoop
 from raytron.trainers.recipes import build_model
 from raytron.trainers.spec import DeepSpeedConfig, TrainJobSpec
+from raytron.trainers.steps import append_jsonl, build_optimizer, compute_loss, log, lr_schedule
 
 __all__ = ["deepspeed_config", "DeepSpeedLoop"]
 
@@ -148,8 +149,8 @@ class DeepSpeedLoop(TrainLoop):
 
             # Only this rank's stage is built; the recipe's GPT gave the sizes read from the manifest.
             module = gpt_pipeline(recipe.module.tok.num_embeddings, recipe.module.pos.num_embeddings, num_stages=ds.pipeline_stages, **t.model.args)
-        optimizer = _optimizer(t, module)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(t, total_steps))
+        optimizer = build_optimizer(t, module)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_schedule(t, total_steps))
         engine, _, _, scheduler = deepspeed.initialize(model=module, optimizer=optimizer, lr_scheduler=scheduler, config=config)
         self.engine, self.total_steps, self.config = engine, total_steps, config
         resume = latest_checkpoint(ckpt_root)
@@ -164,7 +165,7 @@ class DeepSpeedLoop(TrainLoop):
         last: dict[str, Any] = dict(meta.get("metrics") or {})
         if self.rank == 0:
             run_dir.mkdir(parents=True, exist_ok=True)
-            _log(f"training {spec.name} with DeepSpeed ZeRO-{ds.zero_stage}{' + CPU offload' if ds.offload == 'cpu' else ''}: {self.world_size} worker(s) on {device.type}, "
+            log(f"training {spec.name} with DeepSpeed ZeRO-{ds.zero_stage}{' + CPU offload' if ds.offload == 'cpu' else ''}: {self.world_size} worker(s) on {device.type}, "
                  f"{t.precision}, global batch {t.global_batch_size} = micro-batch {config['train_micro_batch_size_per_gpu']} x accumulation {accum} x data-parallel {dp_world}, "
                  f"{steps_per_epoch} steps/epoch, {total_steps} steps in all; DeepSpeed config {json.dumps(config, sort_keys=True)}"
                  + (f"; resumed from {resume.path.name}" if resume else "")
@@ -172,7 +173,7 @@ class DeepSpeedLoop(TrainLoop):
         micro = 0
         pending: list[tuple[torch.Tensor, torch.Tensor]] = []
         if pipelined and t.data.val_split and self.rank == 0:
-            _log("evaluation is not run with `pipeline_stages` > 1; evaluate the consolidated model.safetensors instead")
+            log("evaluation is not run with `pipeline_stages` > 1; evaluate the consolidated model.safetensors instead")
         while self.step < total_steps:
             epoch = loader.epoch
             for batch in loader:
@@ -196,7 +197,7 @@ class DeepSpeedLoop(TrainLoop):
                     window["samples"] += int(y.shape[0]) * accum if engine.is_first_stage() else 0
                 else:
                     out = engine(x)
-                    loss = _loss(loss_fn, out, y, t.loss)
+                    loss = compute_loss(loss_fn, out, y, t.loss)
                     self._mark("backward")  # ZeRO's reduce-scatter / all-gather happen in here and in step()
                     engine.backward(loss)
                     try:
@@ -228,8 +229,8 @@ class DeepSpeedLoop(TrainLoop):
             if t.data.val_split and not pipelined and (epoch_done or self.step >= total_steps):
                 last.update(self._evaluate(engine, recipe, manifest, loss_fn, device, None))
                 if self.rank == 0:
-                    _append(metrics_file, {"step": self.step, "epoch": epoch, **{k: v for k, v in last.items() if k.startswith("val_")}})
-                    _log(f"epoch {epoch} step {self.step}: " + ", ".join(f"{k} {v:.4f}" for k, v in last.items() if k.startswith("val_")))
+                    append_jsonl(metrics_file, {"step": self.step, "epoch": epoch, **{k: v for k, v in last.items() if k.startswith("val_")}})
+                    log(f"epoch {epoch} step {self.step}: " + ", ".join(f"{k} {v:.4f}" for k, v in last.items() if k.startswith("val_")))
         self._mark("done")
         return {"rank": self.rank, "step": self.step, "metrics": last, "history": history}
 

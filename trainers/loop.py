@@ -11,7 +11,6 @@ checkpoint at exactly the next sample.
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
 from datetime import timedelta
@@ -28,6 +27,7 @@ from raytron.trainers.checkpoint import Checkpoint, latest_checkpoint, load_mode
 from raytron.trainers.errors import CheckpointError
 from raytron.trainers.recipes import Recipe, build_model
 from raytron.trainers.spec import TrainJobSpec
+from raytron.trainers.steps import append_jsonl, build_optimizer, compute_loss, log, lr_schedule, peak_flops
 
 __all__ = ["TrainLoop", "Reporter", "new_loop"]
 
@@ -102,8 +102,8 @@ class TrainLoop:
             seed=t.seed, rank=self.rank, world_size=self.world_size, num_workers=t.data.loader_workers,
         ), manifest=manifest)
         total_steps = min(x for x in (t.steps, (t.epochs or 0) * len(loader) or None) if x)
-        optimizer = _optimizer(t, model)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(t, total_steps))
+        optimizer = build_optimizer(t, model)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_schedule(t, total_steps))
         scaler = torch.amp.GradScaler("cuda", enabled=t.precision == "fp16")
         if resume is not None:
             self._restore(resume, meta, optimizer, scheduler, scaler, loader)
@@ -117,7 +117,7 @@ class TrainLoop:
         last: dict[str, Any] = dict(meta.get("metrics") or {})
         if self.rank == 0:
             run_dir.mkdir(parents=True, exist_ok=True)
-            _log(f"training {spec.name}: {self.world_size} worker(s) on {device.type}, {t.precision}, global batch {t.global_batch_size} "
+            log(f"training {spec.name}: {self.world_size} worker(s) on {device.type}, {t.precision}, global batch {t.global_batch_size} "
                  f"({t.global_batch_size // self.world_size} per worker), {len(loader)} steps/epoch, {total_steps} steps in all"
                  + (f"; resumed from {resume.path.name}" if resume else "")
                  + ("; already trained that far, nothing to do" if self.step >= total_steps else ""))
@@ -129,7 +129,7 @@ class TrainLoop:
                 y = recipe.targets(batch).to(device, non_blocking=True)
                 with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
                     out = ddp(x)
-                    loss = _loss(loss_fn, out, y, t.loss)
+                    loss = compute_loss(loss_fn, out, y, t.loss)
                 self._mark("backward")  # the gradient all-reduce happens in here
                 scaler.scale(loss).backward()
                 if t.optimizer.grad_clip_norm:
@@ -161,8 +161,8 @@ class TrainLoop:
             if t.data.val_split and (epoch_done or self.step >= total_steps):
                 last.update(self._evaluate(model, recipe, manifest, loss_fn, device, autocast_dtype))
                 if self.rank == 0:
-                    _append(metrics_file, {"step": self.step, "epoch": epoch, **{k: v for k, v in last.items() if k.startswith("val_")}})
-                    _log(f"epoch {epoch} step {self.step}: " + ", ".join(f"{k} {v:.4f}" for k, v in last.items() if k.startswith("val_")))
+                    append_jsonl(metrics_file, {"step": self.step, "epoch": epoch, **{k: v for k, v in last.items() if k.startswith("val_")}})
+                    log(f"epoch {epoch} step {self.step}: " + ", ".join(f"{k} {v:.4f}" for k, v in last.items() if k.startswith("val_")))
         self._mark("done")
         return {"rank": self.rank, "step": self.step, "metrics": last, "history": history}
 
@@ -202,15 +202,15 @@ class TrainLoop:
         row: dict[str, Any] = {"step": self.step, "epoch": epoch, "loss": loss, "lr": scheduler.get_last_lr()[0], "samples_per_s": samples_per_s, "time": time.time()}
         if recipe.tokens_per_sample:
             row["tokens_per_s"] = samples_per_s * recipe.tokens_per_sample
-            peak = _peak_flops(device)
+            peak = peak_flops(device)
             if peak:
                 row["mfu"] = row["tokens_per_s"] * recipe.flops_per_token / (peak * self.world_size)
         if self.rank == 0:
-            _append(metrics_file, row)
+            append_jsonl(metrics_file, row)
             extra = f", {row['tokens_per_s']:,.0f} tokens/s" if "tokens_per_s" in row else ""
             extra += f", MFU {row['mfu']:.1%}" if "mfu" in row else ""
             # `raytron: step N/TOTAL` lines drive the progress bar of `raytron submit --wait` on a terminal.
-            _log(f"step {self.step}/{self.total_steps} epoch {epoch}: loss {loss:.4f}, lr {row['lr']:.2e}, {samples_per_s:,.0f} samples/s{extra}")
+            log(f"step {self.step}/{self.total_steps} epoch {epoch}: loss {loss:.4f}, lr {row['lr']:.2e}, {samples_per_s:,.0f} samples/s{extra}")
         if self.report is not None:
             self.report(row, None)
         window.update(loss=0.0, n=0, samples=0, t0=time.perf_counter())
@@ -229,7 +229,7 @@ class TrainLoop:
             for batch in loader:
                 x, y = recipe.inputs(batch).to(device), recipe.targets(batch).to(device)
                 out = model(x)
-                totals[0] += float(_loss(loss_fn, out, y, t.loss)) * y.shape[0]
+                totals[0] += float(compute_loss(loss_fn, out, y, t.loss)) * y.shape[0]
                 if t.loss == "cross_entropy":
                     totals[1] += float((out.argmax(-1) == y).sum()) / (y[0].numel() if y.dim() > 1 else 1)
                 totals[2] += y.shape[0]
@@ -240,51 +240,3 @@ class TrainLoop:
         if t.loss == "cross_entropy":
             result["val_accuracy"] = float(totals[1] / totals[2])
         return result
-
-
-def _loss(loss_fn, out: torch.Tensor, y: torch.Tensor, kind: str) -> torch.Tensor:
-    if kind == "cross_entropy" and out.dim() == 3:  # sequence models: flatten positions
-        return loss_fn(out.reshape(-1, out.shape[-1]).float(), y.reshape(-1))
-    if kind == "mse":
-        return loss_fn(out.float().squeeze(-1), y.float())
-    return loss_fn(out.float(), y)
-
-
-def _optimizer(t, model: nn.Module) -> torch.optim.Optimizer:
-    o = t.optimizer
-    if o.name == "sgd":
-        return torch.optim.SGD(model.parameters(), lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
-    return torch.optim.AdamW(model.parameters(), lr=o.lr, weight_decay=o.weight_decay)
-
-
-def _schedule(t, total_steps: int):
-    warmup, name = t.schedule.warmup_steps, t.schedule.name
-
-    def factor(step: int) -> float:
-        if warmup and step < warmup:
-            return (step + 1) / warmup
-        if name == "constant":
-            return 1.0
-        progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
-        return 0.5 * (1 + math.cos(math.pi * progress)) if name == "cosine" else 1.0 - progress
-
-    return factor
-
-
-_PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12}
-
-
-def _peak_flops(device: torch.device) -> float | None:
-    if device.type != "cuda":
-        return None
-    name = torch.cuda.get_device_name(device)
-    return next((v for k, v in _PEAK_BF16_FLOPS.items() if k in name), None)
-
-
-def _append(path: Path, row: dict[str, Any]) -> None:
-    with open(path, "a") as f:
-        f.write(json.dumps(row) + "\n")
-
-
-def _log(message: str) -> None:
-    print(f"raytron: {message}", flush=True)
