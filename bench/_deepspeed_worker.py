@@ -2,8 +2,9 @@
 
     python bench/_deepspeed_worker.py SPEC_JSON_FILE RANK WORLD_SIZE PORT OUT_JSON
 
-Writes the rank's peak resident memory (VmHWM, reset after imports so it counts training only),
-its resident memory before the model was built, and the loop's metrics rows.
+Writes the rank's peak resident memory (VmHWM, reset after imports so it counts training only) up
+to its first checkpoint and over the whole run, its resident memory before the model was built,
+and the loop's metrics rows.
 """
 
 from __future__ import annotations
@@ -38,6 +39,16 @@ def main() -> int:
     spec = parse_spec(json.loads(Path(spec_file).read_text()))
     loop = new_loop(spec, rank=rank, world_size=world_size)
     loop.join("127.0.0.1", port)
+    # The peak as the first checkpoint begins is training's own; the run's peak also holds rank 0's
+    # consolidation of the ZeRO shards into one fp32 state dict. The loop marks each phase it enters.
+    phases: dict[str, int] = {}
+    mark = loop._mark
+
+    def watch(phase: str) -> None:
+        phases.setdefault(phase, _status_bytes("VmHWM"))
+        mark(phase)
+
+    loop._mark = watch
     # Writing 5 to clear_refs resets the peak RSS (VmHWM) to the current RSS (Linux proc(5)).
     Path("/proc/self/clear_refs").write_text("5")
     rss_before = _status_bytes("VmRSS")
@@ -46,8 +57,8 @@ def main() -> int:
     elapsed = time.perf_counter() - started
     peak = _status_bytes("VmHWM")
     loop.leave()
-    out.write_text(json.dumps({"rank": rank, "rss_before_bytes": rss_before, "peak_rss_bytes": peak, "run_s": elapsed,
-                               "history": result["history"], "step": result["step"]}))
+    out.write_text(json.dumps({"rank": rank, "rss_before_bytes": rss_before, "peak_rss_bytes": phases.get("checkpoint", peak),
+                               "peak_rss_with_checkpoint_bytes": peak, "run_s": elapsed, "history": result["history"], "step": result["step"]}))
     return 0
 
 

@@ -103,6 +103,7 @@ def _run_variant(spec: dict, work: Path, timeout_s: float) -> dict[str, Any]:
         "ok": True, "wall_s": wall,
         "peak_rss_mib_per_rank": [r["peak_rss_bytes"] / 2**20 for r in ranks],
         "peak_rss_mib": max(r["peak_rss_bytes"] for r in ranks) / 2**20,
+        "peak_rss_with_checkpoint_mib": max(r["peak_rss_with_checkpoint_bytes"] for r in ranks) / 2**20,
         "rss_before_mib": max(r["rss_before_bytes"] for r in ranks) / 2**20,
         "samples_per_s": statistics.median(windows[1:]) if len(windows) > 1 else (windows[0] if windows else None),
         "tokens_per_s": statistics.median([r.get("tokens_per_s", 0) for r in ranks[0]["history"][1:]]) if len(windows) > 1 else None,
@@ -146,8 +147,19 @@ def report(args: DeepSpeedArgs, rows: list[dict[str, Any]], params: int) -> int:
         "(reset after imports and the process-group join).",
         "Throughput on 2 shared cores measures DeepSpeed's overhead against DDP, not a speed-up; a GPU comparison (tokens/s, MFU) is not part of this run.",
     ]
-    notes += [f"{n}: peak RSS {r['peak_rss_mib']:.0f} MiB/rank ({r['rss_before_mib']:.0f} MiB before the model was built), "
-              f"{r['samples_per_s'] or 0:.1f} samples/s, final loss {r['final_loss']:.3f}" for n, r in ok.items()]
+    notes += [f"{n}: peak RSS {r['peak_rss_mib']:.0f} MiB/rank training, {r['peak_rss_with_checkpoint_mib']:.0f} MiB with the final checkpoint "
+              f"({r['rss_before_mib']:.0f} MiB before the model was built), {r['samples_per_s'] or 0:.1f} samples/s, final loss {r['final_loss']:.3f}"
+              for n, r in ok.items()]
+    notes += [
+        "ZeRO-3 on CPU: DeepSpeed's default buckets (reduce_bucket_size 5e8 elements) exceed this model, so every gradient waits "
+        "in the bucket until the end of backward and the gathered parameters stay live between forward and backward "
+        "(stage3_max_reuse_distance 1e9); lowering stage3_max_reuse_distance/max_live_parameters did not lower the peak here, "
+        "and a reduce bucket smaller than the model hung both ranks in gloo's reduce_scatter (DeepSpeed 0.19.8, torch 2.13 CPU). "
+        "The saving ZeRO-3 exists for, parameters too large for one device, needs a GPU run.",
+        "Loss curves: fp32 ZeRO-1/2/3 follow DDP's exactly (tests/test_deepspeed.py). In bf16 ZeRO-3 differs from the first step: "
+        "zero.Init creates the weights in bf16, and PyTorch's CPU uniform_ draws a bf16 tensor in another order than an fp32 one "
+        "(same seed, same distribution, other values), so its run starts from another initialisation.",
+    ]
     notes += [f"{r['variant']} FAILED: {r['error_tail'][-400:]}" for r in rows if not r["ok"]]
     config = {**asdict(args), "parameters": params, "variants": {n: {"strategy": s, "deepspeed": d} for n, (s, d) in VARIANTS.items()},
               "worker": "python bench/_deepspeed_worker.py SPEC RANK 2 PORT OUT (raytron's loop, no Ray)"}

@@ -21,7 +21,6 @@ import dataclasses
 import json
 import os
 import shutil
-import time
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +35,7 @@ from raytron.trainers.errors import CheckpointError, TrainError
 from raytron.trainers.loop import TrainLoop
 from raytron.trainers.recipes import build_model
 from raytron.trainers.spec import DeepSpeedConfig, TrainJobSpec
-from raytron.trainers.steps import append_jsonl, build_optimizer, compute_loss, log, lr_schedule
+from raytron.trainers.steps import build_optimizer, compute_loss, log, lr_schedule
 
 __all__ = ["deepspeed_config", "DeepSpeedLoop"]
 
@@ -125,7 +124,10 @@ class DeepSpeedLoop(TrainLoop):
         manifest = Manifest.load(t.data.manifest)
         torch.manual_seed(t.seed)
         # At ZeRO-3 each parameter is partitioned as soon as its module is built (zero.Init), so no
-        # rank ever holds the whole model; the values are the same as without it (same seed, same order).
+        # rank ever holds the whole model. In fp32 the values are those DDP starts from (same seed,
+        # same order). In bf16/fp16 zero.Init creates them in that dtype, and PyTorch's CPU RNG
+        # kernels fill a 16-bit tensor in another order than an fp32 one: same distribution, other
+        # values, so a 16-bit ZeRO-3 run does not start where the same seed's DDP run does.
         with deepspeed.zero.Init(config_dict_or_path=config) if ds.zero_stage == 3 else contextlib.nullcontext():
             recipe = build_model(t.model, manifest)
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(t.precision, torch.float32)
@@ -159,10 +161,7 @@ class DeepSpeedLoop(TrainLoop):
             meta = self._restore(resume, manifest, engine, loader)
         self.step = int(meta.get("step", 0))
         loss_fn = nn.CrossEntropyLoss() if t.loss == "cross_entropy" else nn.MSELoss()
-        metrics_file = run_dir / "metrics.jsonl"
-        window = {"loss": 0.0, "n": 0, "samples": 0, "t0": time.perf_counter()}
-        history: list[dict[str, Any]] = []
-        last: dict[str, Any] = dict(meta.get("metrics") or {})
+        self._begin(meta)
         if self.rank == 0:
             run_dir.mkdir(parents=True, exist_ok=True)
             log(f"training {spec.name} with DeepSpeed ZeRO-{ds.zero_stage}{' + CPU offload' if ds.offload == 'cpu' else ''}: {self.world_size} worker(s) on {device.type}, "
@@ -191,10 +190,8 @@ class DeepSpeedLoop(TrainLoop):
                     loss = engine.train_batch(data_iter=iter(pending))
                     pending.clear()
                     micro += accum
-                    window["loss"] += float(loss) * accum
-                    window["n"] += accum
                     # Every stage reads the same samples: only the first stage counts them.
-                    window["samples"] += int(y.shape[0]) * accum if engine.is_first_stage() else 0
+                    self._count(float(loss) * accum, int(y.shape[0]) * accum if engine.is_first_stage() else 0, accum)
                 else:
                     out = engine(x)
                     loss = compute_loss(loss_fn, out, y, t.loss)
@@ -208,31 +205,18 @@ class DeepSpeedLoop(TrainLoop):
                                                      "the loss overflows in fp16; use `train.precision: bf16`") from None
                         raise
                     micro += 1
-                    window["loss"] += float(loss.detach())
-                    window["n"] += 1
-                    window["samples"] += int(y.shape[0])
+                    self._count(float(loss.detach()), int(y.shape[0]))
                 if micro % accum:
                     continue
                 self.step += 1
-                if self.step % t.log_every_steps == 0 or self.step == total_steps:
-                    last = self._log_window(window, recipe, epoch, scheduler, metrics_file, device)
-                    history.append(last)
-                if self.step % t.checkpoint.every_steps == 0 or self.step == total_steps:
-                    started = time.perf_counter()
-                    self._ds_checkpoint(ckpt_root, engine, scheduler, loader, manifest, last, epoch)
-                    window["t0"] += time.perf_counter() - started
+                self._after_step(recipe, epoch, scheduler, device,
+                                 lambda epoch=epoch: self._ds_checkpoint(ckpt_root, engine, scheduler, loader, manifest, self.last, epoch))
                 if self.step >= total_steps:
                     break
-            if loader.epoch == epoch and self.step < total_steps:
-                raise RuntimeError("the data loader yielded no batches")
-            epoch_done = loader.batches_consumed == 0
-            if t.data.val_split and not pipelined and (epoch_done or self.step >= total_steps):
-                last.update(self._evaluate(engine, recipe, manifest, loss_fn, device, None))
-                if self.rank == 0:
-                    append_jsonl(metrics_file, {"step": self.step, "epoch": epoch, **{k: v for k, v in last.items() if k.startswith("val_")}})
-                    log(f"epoch {epoch} step {self.step}: " + ", ".join(f"{k} {v:.4f}" for k, v in last.items() if k.startswith("val_")))
+            # The pipeline engine's stages cannot run a whole-model forward: evaluation is skipped there.
+            self._after_epoch(loader, epoch, None if pipelined else lambda: self._evaluate(engine, recipe, manifest, loss_fn, device, None))
         self._mark("done")
-        return {"rank": self.rank, "step": self.step, "metrics": last, "history": history}
+        return {"rank": self.rank, "step": self.step, "metrics": self.last, "history": self.history}
 
     def _restore(self, ckpt, manifest: Manifest, engine, loader: ShardLoader) -> dict[str, Any]:
         meta = ckpt.meta

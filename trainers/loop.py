@@ -111,10 +111,7 @@ class TrainLoop:
         self.total_steps = total_steps
         loss_fn = nn.CrossEntropyLoss() if t.loss == "cross_entropy" else nn.MSELoss()
         autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(t.precision)
-        metrics_file = run_dir / "metrics.jsonl"
-        window = {"loss": 0.0, "n": 0, "samples": 0, "t0": time.perf_counter()}
-        history: list[dict[str, Any]] = []
-        last: dict[str, Any] = dict(meta.get("metrics") or {})
+        self._begin(meta)
         if self.rank == 0:
             run_dir.mkdir(parents=True, exist_ok=True)
             log(f"training {spec.name}: {self.world_size} worker(s) on {device.type}, {t.precision}, global batch {t.global_batch_size} "
@@ -143,30 +140,55 @@ class TrainLoop:
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
                 self.step += 1
-                window["loss"] += float(loss.detach())
-                window["n"] += 1
-                window["samples"] += int(y.shape[0])
-                if self.step % t.log_every_steps == 0 or self.step == total_steps:
-                    last = self._log_window(window, recipe, epoch, scheduler, metrics_file, device)
-                    history.append(last)
-                if self.step % t.checkpoint.every_steps == 0 or self.step == total_steps:
-                    started = time.perf_counter()
-                    self._checkpoint(ckpt_root, model, optimizer, scheduler, scaler, loader, manifest, last, epoch)
-                    window["t0"] += time.perf_counter() - started  # throughput counts training time only
+                self._count(float(loss.detach()), int(y.shape[0]))
+                self._after_step(recipe, epoch, scheduler, device,
+                                 lambda epoch=epoch: self._checkpoint(ckpt_root, model, optimizer, scheduler, scaler, loader, manifest, self.last, epoch))
                 if self.step >= total_steps:
                     break
-            if loader.epoch == epoch and self.step < total_steps:
-                raise RuntimeError("the data loader yielded no batches")  # guards against an endless loop
-            epoch_done = loader.batches_consumed == 0  # the loader moved on to the next epoch
-            if t.data.val_split and (epoch_done or self.step >= total_steps):
-                last.update(self._evaluate(model, recipe, manifest, loss_fn, device, autocast_dtype))
-                if self.rank == 0:
-                    append_jsonl(metrics_file, {"step": self.step, "epoch": epoch, **{k: v for k, v in last.items() if k.startswith("val_")}})
-                    log(f"epoch {epoch} step {self.step}: " + ", ".join(f"{k} {v:.4f}" for k, v in last.items() if k.startswith("val_")))
+            self._after_epoch(loader, epoch, lambda: self._evaluate(model, recipe, manifest, loss_fn, device, autocast_dtype))
         self._mark("done")
-        return {"rank": self.rank, "step": self.step, "metrics": last, "history": history}
+        return {"rank": self.rank, "step": self.step, "metrics": self.last, "history": self.history}
 
     # ------------------------------------------------------------------ pieces
+    # Shared by every strategy's loop: the throughput window, the metrics rows and log lines, the
+    # checkpoint cadence and the end-of-epoch evaluation.
+
+    def _begin(self, meta: dict[str, Any]) -> None:
+        """Reset the per-run bookkeeping; `meta` is the resumed checkpoint's (its metrics stay the last row)."""
+        self.metrics_file = self.spec.run_dir / "metrics.jsonl"
+        self.window: dict[str, float] = {"loss": 0.0, "n": 0, "samples": 0, "t0": time.perf_counter()}
+        self.history: list[dict[str, Any]] = []
+        self.last: dict[str, Any] = dict(meta.get("metrics") or {})
+
+    def _count(self, loss_sum: float, samples: int, micro_batches: int = 1) -> None:
+        """Add one optimizer step's `micro_batches` losses (summed) and samples to the throughput window."""
+        self.window["loss"] += loss_sum
+        self.window["n"] += micro_batches
+        self.window["samples"] += samples
+
+    def _after_step(self, recipe: Recipe, epoch: int, scheduler, device, checkpoint: Callable[[], None]) -> None:
+        """Log a metrics row and checkpoint when `self.step` is due; checkpoint time is left out of throughput."""
+        t = self.spec.train
+        if self.step % t.log_every_steps == 0 or self.step == self.total_steps:
+            self.last = self._log_window(recipe, epoch, scheduler, device)
+            self.history.append(self.last)
+        if self.step % t.checkpoint.every_steps == 0 or self.step == self.total_steps:
+            started = time.perf_counter()
+            checkpoint()
+            self.window["t0"] += time.perf_counter() - started
+
+    def _after_epoch(self, loader: ShardLoader, epoch: int, evaluate: Callable[[], dict[str, float]] | None) -> None:
+        """After the loader's pass: evaluate at the end of an epoch or of the run (`evaluate` None: never)."""
+        if loader.epoch == epoch and self.step < self.total_steps:
+            raise RuntimeError("the data loader yielded no batches")  # guards against an endless loop
+        epoch_done = loader.batches_consumed == 0  # the loader moved on to the next epoch
+        if evaluate is None or not self.spec.train.data.val_split or not (epoch_done or self.step >= self.total_steps):
+            return
+        self.last.update(evaluate())
+        if self.rank == 0:
+            val = {k: v for k, v in self.last.items() if k.startswith("val_")}
+            append_jsonl(self.metrics_file, {"step": self.step, "epoch": epoch, **val})
+            log(f"epoch {epoch} step {self.step}: " + ", ".join(f"{k} {v:.4f}" for k, v in val.items()))
 
     def _restore(self, ckpt: Checkpoint, meta: dict, optimizer, scheduler, scaler, loader: ShardLoader) -> None:
         opt_state = load_optimizer_state(ckpt)
@@ -191,8 +213,9 @@ class TrainLoop:
         if self.report is not None:
             self.report(dict(metrics, step=self.step, epoch=epoch), saved.path if saved is not None else None)
 
-    def _log_window(self, window: dict, recipe: Recipe, epoch: int, scheduler, metrics_file: Path, device) -> dict[str, Any]:
+    def _log_window(self, recipe: Recipe, epoch: int, scheduler, device) -> dict[str, Any]:
         self._mark("log")
+        window = self.window
         elapsed = max(1e-9, time.perf_counter() - window["t0"])
         stats = torch.tensor([window["loss"], window["n"], window["samples"]], dtype=torch.float64)
         if dist.is_initialized():
@@ -206,7 +229,7 @@ class TrainLoop:
             if peak:
                 row["mfu"] = row["tokens_per_s"] * recipe.flops_per_token / (peak * self.world_size)
         if self.rank == 0:
-            append_jsonl(metrics_file, row)
+            append_jsonl(self.metrics_file, row)
             extra = f", {row['tokens_per_s']:,.0f} tokens/s" if "tokens_per_s" in row else ""
             extra += f", MFU {row['mfu']:.1%}" if "mfu" in row else ""
             # `raytron: step N/TOTAL` lines drive the progress bar of `raytron submit --wait` on a terminal.
