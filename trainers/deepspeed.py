@@ -35,7 +35,7 @@ from raytron.trainers.errors import CheckpointError, TrainError
 from raytron.trainers.loop import TrainLoop
 from raytron.trainers.recipes import build_model
 from raytron.trainers.spec import DeepSpeedConfig, TrainJobSpec
-from raytron.trainers.steps import build_optimizer, compute_loss, log, lr_schedule
+from raytron.trainers.steps import apply_optimizer_settings, build_optimizer, compute_loss, log, lr_schedule
 
 __all__ = ["deepspeed_config", "DeepSpeedLoop"]
 
@@ -158,7 +158,7 @@ class DeepSpeedLoop(TrainLoop):
         resume = latest_checkpoint(ckpt_root)
         meta: dict[str, Any] = {}
         if resume is not None:
-            meta = self._restore(resume, manifest, engine, loader)
+            meta = self._restore(resume, manifest, engine, scheduler, loader)
         self.step = int(meta.get("step", 0))
         loss_fn = nn.CrossEntropyLoss() if t.loss == "cross_entropy" else nn.MSELoss()
         self._begin(meta)
@@ -210,7 +210,8 @@ class DeepSpeedLoop(TrainLoop):
                     continue
                 self.step += 1
                 self._after_step(recipe, epoch, scheduler, device,
-                                 lambda epoch=epoch: self._ds_checkpoint(ckpt_root, engine, scheduler, loader, manifest, self.last, epoch))
+                                 lambda epoch=epoch: self._ds_checkpoint(ckpt_root, engine, scheduler, loader, manifest, self.last, epoch),
+                                 None if pipelined else lambda: self._evaluate(engine, recipe, manifest, loss_fn, device, None))
                 if self.step >= total_steps:
                     break
             # The pipeline engine's stages cannot run a whole-model forward: evaluation is skipped there.
@@ -218,7 +219,7 @@ class DeepSpeedLoop(TrainLoop):
         self._mark("done")
         return {"rank": self.rank, "step": self.step, "metrics": self.last, "history": self.history}
 
-    def _restore(self, ckpt, manifest: Manifest, engine, loader: ShardLoader) -> dict[str, Any]:
+    def _restore(self, ckpt, manifest: Manifest, engine, scheduler, loader: ShardLoader) -> dict[str, Any]:
         meta = ckpt.meta
         if meta.get("manifest_sha256") != manifest.sha256:
             raise CheckpointError(f"{ckpt.path} was written for other shards (manifest sha256 {str(meta.get('manifest_sha256'))[:16]}...); "
@@ -232,6 +233,8 @@ class DeepSpeedLoop(TrainLoop):
         # DeepSpeed loads its own torch.save shards here (its private resume state): module,
         # optimizer partitions, loss scaler and the lr scheduler.
         engine.load_checkpoint(str(ckpt.path / _STATE_DIR), tag=_TAG)
+        # The spec's optimizer settings win over the restored ones (a PBT exploit changes them).
+        apply_optimizer_settings(self.spec.train, scheduler.optimizer, scheduler)
         loader.load_state_dict(meta["data"])
         return meta
 

@@ -27,30 +27,33 @@ from raytron.trainers.checkpoint import Checkpoint, latest_checkpoint, load_mode
 from raytron.trainers.errors import CheckpointError
 from raytron.trainers.recipes import Recipe, build_model
 from raytron.trainers.spec import TrainJobSpec
-from raytron.trainers.steps import append_jsonl, build_optimizer, compute_loss, log, lr_schedule, peak_flops
+from raytron.trainers.steps import append_jsonl, apply_optimizer_settings, build_optimizer, compute_loss, log, lr_schedule, peak_flops
 
-__all__ = ["TrainLoop", "Reporter", "new_loop"]
+__all__ = ["TrainLoop", "Reporter", "RestoreHook", "new_loop"]
 
 #: Called on every rank with each metrics row (after the all-reduce, so every rank passes the same
 #: numbers) and, at checkpoints, with the checkpoint directory on rank 0 (None on the others).
 #: The Ray Train launcher passes these on to `ray.train.report`.
 Reporter = Callable[[dict[str, Any], "Path | None"], None]
+#: Called on rank 0 right after a resume with the module's state as restored and the checkpoint
+#: it came from (the tune trials check a PBT exploit's weights against the donor's with it).
+RestoreHook = Callable[[dict[str, torch.Tensor], Checkpoint], None]
 
 
-def new_loop(spec: TrainJobSpec, *, rank: int, world_size: int, report: Reporter | None = None) -> "TrainLoop":
+def new_loop(spec: TrainJobSpec, *, rank: int, world_size: int, report: Reporter | None = None, on_restore: RestoreHook | None = None) -> "TrainLoop":
     """The loop of `spec`'s strategy: `TrainLoop` (DDP) or `DeepSpeedLoop` (imports DeepSpeed only then)."""
     if spec.train.strategy == "deepspeed":
         from raytron.trainers.deepspeed import DeepSpeedLoop
 
-        return DeepSpeedLoop(spec, rank=rank, world_size=world_size, report=report)
-    return TrainLoop(spec, rank=rank, world_size=world_size, report=report)
+        return DeepSpeedLoop(spec, rank=rank, world_size=world_size, report=report, on_restore=on_restore)
+    return TrainLoop(spec, rank=rank, world_size=world_size, report=report, on_restore=on_restore)
 
 
 class TrainLoop:
     """The state of one rank; `progress()` may be called from another thread while `run()` works."""
 
-    def __init__(self, spec: TrainJobSpec, *, rank: int, world_size: int, report: Reporter | None = None):
-        self.spec, self.rank, self.world_size, self.report = spec, rank, world_size, report
+    def __init__(self, spec: TrainJobSpec, *, rank: int, world_size: int, report: Reporter | None = None, on_restore: RestoreHook | None = None):
+        self.spec, self.rank, self.world_size, self.report, self.on_restore = spec, rank, world_size, report, on_restore
         self.step = 0
         self.phase = "starting"
         self.updated_at = time.time()
@@ -107,6 +110,8 @@ class TrainLoop:
         scaler = torch.amp.GradScaler("cuda", enabled=t.precision == "fp16")
         if resume is not None:
             self._restore(resume, meta, optimizer, scheduler, scaler, loader)
+            if self.on_restore is not None and self.rank == 0:
+                self.on_restore(model.state_dict(), resume)
         self.step = int(meta.get("step", 0))
         self.total_steps = total_steps
         loss_fn = nn.CrossEntropyLoss() if t.loss == "cross_entropy" else nn.MSELoss()
@@ -142,7 +147,8 @@ class TrainLoop:
                 self.step += 1
                 self._count(float(loss.detach()), int(y.shape[0]))
                 self._after_step(recipe, epoch, scheduler, device,
-                                 lambda epoch=epoch: self._checkpoint(ckpt_root, model, optimizer, scheduler, scaler, loader, manifest, self.last, epoch))
+                                 lambda epoch=epoch: self._checkpoint(ckpt_root, model, optimizer, scheduler, scaler, loader, manifest, self.last, epoch),
+                                 lambda: self._evaluate(model, recipe, manifest, loss_fn, device, autocast_dtype))
                 if self.step >= total_steps:
                     break
             self._after_epoch(loader, epoch, lambda: self._evaluate(model, recipe, manifest, loss_fn, device, autocast_dtype))
@@ -159,6 +165,7 @@ class TrainLoop:
         self.window: dict[str, float] = {"loss": 0.0, "n": 0, "samples": 0, "t0": time.perf_counter()}
         self.history: list[dict[str, Any]] = []
         self.last: dict[str, Any] = dict(meta.get("metrics") or {})
+        self._eval_step = -1  # the step last evaluated at
 
     def _count(self, loss_sum: float, samples: int, micro_batches: int = 1) -> None:
         """Add one optimizer step's `micro_batches` losses (summed) and samples to the throughput window."""
@@ -166,12 +173,22 @@ class TrainLoop:
         self.window["n"] += micro_batches
         self.window["samples"] += samples
 
-    def _after_step(self, recipe: Recipe, epoch: int, scheduler, device, checkpoint: Callable[[], None]) -> None:
-        """Log a metrics row and checkpoint when `self.step` is due; checkpoint time is left out of throughput."""
+    def _after_step(self, recipe: Recipe, epoch: int, scheduler, device, checkpoint: Callable[[], None],
+                    evaluate: Callable[[], dict[str, float]] | None) -> None:
+        """Log a metrics row, evaluate (`train.eval_every_steps`) and checkpoint when `self.step` is due.
+
+        Evaluation comes before the checkpoint, so the checkpoint's metrics (and what a reporter
+        sees with it) hold the validation numbers of this very step. Checkpoint and evaluation time
+        is left out of throughput.
+        """
         t = self.spec.train
         if self.step % t.log_every_steps == 0 or self.step == self.total_steps:
             self.last = self._log_window(recipe, epoch, scheduler, device)
             self.history.append(self.last)
+        if evaluate is not None and t.eval_every_steps and t.data.val_split and (self.step % t.eval_every_steps == 0 or self.step == self.total_steps):
+            started = time.perf_counter()
+            self._record_eval(epoch, evaluate())
+            self.window["t0"] += time.perf_counter() - started
         if self.step % t.checkpoint.every_steps == 0 or self.step == self.total_steps:
             started = time.perf_counter()
             checkpoint()
@@ -182,9 +199,15 @@ class TrainLoop:
         if loader.epoch == epoch and self.step < self.total_steps:
             raise RuntimeError("the data loader yielded no batches")  # guards against an endless loop
         epoch_done = loader.batches_consumed == 0  # the loader moved on to the next epoch
-        if evaluate is None or not self.spec.train.data.val_split or not (epoch_done or self.step >= self.total_steps):
+        if evaluate is None or not self.spec.train.data.val_split or not (epoch_done or self.step >= self.total_steps) or self._eval_step == self.step:
             return
-        self.last.update(evaluate())
+        self._record_eval(epoch, evaluate())
+
+    def _record_eval(self, epoch: int, result: dict[str, float]) -> None:
+        self._eval_step = self.step
+        self.last = {**self.last, **result}
+        if self.history and self.history[-1].get("step") == self.step:
+            self.history[-1] = self.last
         if self.rank == 0:
             val = {k: v for k, v in self.last.items() if k.startswith("val_")}
             append_jsonl(self.metrics_file, {"step": self.step, "epoch": epoch, **val})
@@ -195,6 +218,7 @@ class TrainLoop:
         if opt_state is not None:
             optimizer.load_state_dict(opt_state)
         scheduler.load_state_dict(meta["scheduler"])
+        apply_optimizer_settings(self.spec.train, optimizer, scheduler)
         if meta.get("scaler"):
             scaler.load_state_dict(meta["scaler"])
         loader.load_state_dict(meta["data"])

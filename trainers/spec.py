@@ -113,6 +113,8 @@ class TrainConfig(SpecModel):
     collective_timeout_s: float = Field(120.0, gt=0)
     """A collective waiting longer than this fails and names the ranks that did not arrive."""
     log_every_steps: int = Field(10, ge=1)
+    eval_every_steps: int | None = Field(None, ge=1)
+    """Also evaluate `data.val_split` every this many steps (default: at the end of each epoch and of the run only)."""
 
 
 class TrainJobSpec(JobSpec):

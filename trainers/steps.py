@@ -29,6 +29,24 @@ def build_optimizer(t, model: nn.Module) -> torch.optim.Optimizer:
     return torch.optim.AdamW(model.parameters(), lr=o.lr, weight_decay=o.weight_decay)
 
 
+def apply_optimizer_settings(t, optimizer: torch.optim.Optimizer, scheduler) -> None:
+    """Make the spec's optimizer settings the live ones after a resume.
+
+    A restored optimizer state carries the learning rate, weight decay and momentum it was saved
+    with, and a restored LambdaLR its base learning rates; when the spec changed them (a PBT
+    exploit: the donor's weights with new hyperparameters), the spec wins. A no-op otherwise.
+    """
+    o = t.optimizer
+    scheduler.base_lrs = [o.lr for _ in optimizer.param_groups]
+    for group, factor in zip(optimizer.param_groups, scheduler.lr_lambdas):
+        group["initial_lr"] = o.lr
+        group["lr"] = o.lr * factor(scheduler.last_epoch)
+        group["weight_decay"] = o.weight_decay
+        if o.name == "sgd":
+            group["momentum"] = o.momentum
+    scheduler._last_lr = [g["lr"] for g in optimizer.param_groups]  # what get_last_lr() reports
+
+
 def lr_schedule(t, total_steps: int):
     warmup, name = t.schedule.warmup_steps, t.schedule.name
 

@@ -1,0 +1,369 @@
+"""Theme `tune`: PBT and ASHA against random search on the digits recipe, same compute budget, in one run.
+
+Three `kind: tune` jobs per seed, submitted to the same embedded Ray head (started and stopped by
+this theme) on the same digits shards: the `mlp` recipe trained with SGD over the same search space
+(`optimizer.lr` loguniform [1e-4, 0.3], `optimizer.momentum` uniform [0, 0.95]: a bad draw either
+barely moves or diverges, so stopping or replacing it early is worth something), the same
+`iteration_steps`, the same most iterations per trial and the same number of trials at once:
+
+    random search  scheduler fifo: every trial runs to the end;
+    PBT            scheduler pbt: every `perturbation_interval` iterations the bottom quarter copies
+                   the top quarter's weights and perturbs its hyperparameters;
+    ASHA           scheduler asha: weak trials stop at rungs (grace period, reduction factor).
+
+The budget is trial iterations (each `iteration_steps` SGD steps ending in an evaluation on the
+val split). Random search and PBT spend `num_samples x max_iterations`; ASHA stops most trials
+early, so it is given as many samples as make its *expected* spend equal that budget (see
+`asha_expected_iterations`), and every method's best accuracy is taken over its first `budget`
+iterations spent (in the order they were reported), so no method is credited with more compute
+than random search had. Measured per job: best val_accuracy, the tune job's wall time, iterations
+spent, and time / iterations to reach `--target-accuracy` (first history row of any trial at or
+above it, from the start of the search). Ratios are stated so that higher is better for the
+schedulers (accuracy: scheduler / random; time to target: random / scheduler).
+
+    raytron bench tune [--quick]
+    python bench/tune.py --repeats 2 --num-samples 6 --target-accuracy 0.9
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from _harness import BenchArgs, option, parse_args, summarize, write_results
+
+METHODS = ("random", "pbt", "asha")
+BASELINE = "random"
+SEARCH_SPACE = {"optimizer.lr": {"loguniform": [1.0e-4, 0.3]}, "optimizer.momentum": {"uniform": [0.0, 0.95]}}
+COLORS = {"random": "#7f7f7f", "pbt": "#1f77b4", "asha": "#d62728"}
+
+
+@dataclass(kw_only=True)
+class TuneArgs(BenchArgs):
+    """Options of the `tune` theme (`--repeats` is the number of seeds per method: --quick 1, full 3)."""
+
+    num_samples: int | None = option(None, "Trials of random search and PBT (default: --quick 4, full 6).")
+    max_iterations: int | None = option(None, "Most iterations a trial runs (train.steps / iteration_steps; default: 6).")
+    iteration_steps: int = option(20, "SGD steps per Tune iteration (each ends in an evaluation on the val split).")
+    asha_samples: int | None = option(None, "ASHA's trials (default: as many as make its expected iterations equal random search's).")
+    perturbation_interval: int = option(2, "PBT: iterations between exploit/explore decisions.")
+    grace_period: int = option(1, "ASHA: iterations before a trial can be stopped.")
+    reduction_factor: float = option(3.0, "ASHA: 1/reduction_factor of the trials go on at each rung.")
+    target_accuracy: float = option(0.95, "Validation accuracy whose first reaching is timed.")
+    hidden: int = option(64, "Hidden width of the mlp recipe.")
+    batch_size: int = option(64, "Global batch size of every trial.")
+    cpus_per_trial: float = option(1.0, "CPUs each trial holds; with --head-cpus this sets how many trials run at once (the same for every method).")
+    head_cpus: int = option(2, "CPUs the embedded head offers (trials at once = head_cpus / cpus_per_trial).")
+    timeout_s: float = option(600.0, "Limit for one tune job; a job past it is stopped and counts as failed.")
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What every job of the run is given."""
+
+    seeds: int
+    num_samples: int
+    max_iterations: int
+    asha_samples: int
+
+    @property
+    def budget_iterations(self) -> int:
+        """Trial iterations random search spends: the budget every method is held to."""
+        return self.num_samples * self.max_iterations
+
+
+def asha_expected_iterations(max_t: int, grace_period: int, reduction_factor: float) -> float:
+    """Iterations an ASHA trial is expected to run if exactly 1/reduction_factor go on at each rung.
+
+    Rungs are at grace_period * rf^k below max_t; a trial that passes rung k runs on to rung k+1
+    (or max_t) with probability rf^-k. Asynchronous ASHA promotes more than that while few results
+    are in (an early trial has no one to lose against), so the real spend is somewhat higher: the
+    results report what was actually spent, and accuracy is judged within the budget.
+    """
+    rungs = []
+    r = float(grace_period)
+    while r < max_t:
+        rungs.append(r)
+        r *= reduction_factor
+    points = [*rungs, float(max_t)]
+    expected = points[0]
+    for k in range(1, len(points)):
+        expected += (points[k] - points[k - 1]) * reduction_factor ** -k
+    return expected
+
+
+def make_plan(args: TuneArgs) -> Plan:
+    n = args.num_samples or (4 if args.quick else 6)
+    t = args.max_iterations or 6
+    asha = args.asha_samples or max(n, round(n * t / asha_expected_iterations(t, args.grace_period, args.reduction_factor)))
+    return Plan(seeds=args.pick_repeats(quick=1, full=3), num_samples=n, max_iterations=t, asha_samples=asha)
+
+
+# --------------------------------------------------------------------------- running the jobs
+
+
+def tune_spec_body(args: TuneArgs, plan: Plan, method: str, seed: int, digits: Path, runs: Path) -> dict[str, Any]:
+    """The `kind: tune` spec of one method and seed; everything but the scheduler (and ASHA's samples) is shared."""
+    scheduler: dict[str, Any] = {
+        "random": {"name": "fifo"},
+        # Asynchronous PBT: with fewer slots than trials, a trial at a perturbation point is paused
+        # while others are pending, so the whole population takes turns and is compared together.
+        "pbt": {"name": "pbt", "perturbation_interval": args.perturbation_interval},
+        "asha": {"name": "asha", "grace_period": args.grace_period, "reduction_factor": args.reduction_factor},
+    }[method]
+    return {
+        "name": f"bench-{method}-s{seed}", "kind": "tune",
+        "resources": {"num_workers": 1, "cpus_per_worker": args.cpus_per_trial},
+        "storage": {"path": str(runs)},
+        "train": {
+            "model": {"recipe": "mlp", "args": {"hidden": args.hidden}},
+            "data": {"manifest": str(digits), "shuffle_buffer": 500},
+            "optimizer": {"name": "sgd", "lr": 0.01},  # replaced by every trial's draw
+            "steps": plan.max_iterations * args.iteration_steps, "global_batch_size": args.batch_size,
+            "log_every_steps": args.iteration_steps,
+        },
+        "tune": {
+            "search_space": SEARCH_SPACE, "num_samples": plan.asha_samples if method == "asha" else plan.num_samples,
+            "metric": "val_accuracy", "mode": "max", "iteration_steps": args.iteration_steps, "seed": seed,
+            # No max_concurrent_trials: Tune's variant generator counts a paused trial as running, so
+            # a limit below num_samples would shrink PBT's population to the trials running at once.
+            # The head's CPUs bound every method to the same trials at once instead.
+            "scheduler": scheduler, "table_every_s": 60.0,
+        },
+    }
+
+
+def run_job(manager, body: dict[str, Any], timeout_s: float) -> dict[str, Any]:
+    """Submit one tune job, wait for it, and return its results.json plus the search's start time."""
+    from raytron.cluster import parse_spec
+
+    spec = parse_spec(body, source=body["name"])
+    started = time.monotonic()
+    submission_id = manager.submit(spec)
+    record = manager.wait(submission_id, timeout_s=timeout_s)
+    if not record.terminal:
+        record = manager.stop(submission_id)
+    out: dict[str, Any] = {"status": record.status, "job_s": time.monotonic() - started}
+    results_file = spec.run_dir / "results.json"
+    if record.status != "SUCCEEDED" or not results_file.is_file():
+        out["error_tail"] = manager.logs(submission_id)[-1500:]
+        return out
+    out["results"] = json.loads(results_file.read_text())
+    # The driver writes spec.json right after taking its start time, before Tune starts any trial:
+    # its mtime is the start of the search that the history rows' unix times are measured from.
+    out["search_started_at"] = (spec.run_dir / "spec.json").stat().st_mtime
+    return out
+
+
+def measure(args: TuneArgs, plan: Plan, manager, work: Path) -> list[dict[str, Any]]:
+    digits = _make_digits(work)
+    rows = []
+    for seed in range(plan.seeds):
+        # Rotate the order per seed, so a method is not always the one run on a warmer (or busier) machine.
+        order = METHODS[seed % 3:] + METHODS[: seed % 3]
+        for method in order:
+            print(f"seed {seed}: {method} ...", file=sys.stderr, flush=True)
+            job = run_job(manager, tune_spec_body(args, plan, method, seed, digits, work / "runs"), args.timeout_s)
+            row = {"method": method, "seed": seed, "status": job["status"], "job_s": job["job_s"]}
+            if "results" in job:
+                row.update(job_metrics(job["results"], job["search_started_at"], plan.budget_iterations, args.target_accuracy))
+            else:
+                row["error_tail"] = job["error_tail"]
+            rows.append(row)
+            print(f"  {method}: {_line(row)}", file=sys.stderr, flush=True)
+    return rows
+
+
+def job_metrics(results: dict[str, Any], start: float, budget: int, target: float) -> dict[str, Any]:
+    """Best accuracy (overall and within the budget), time and iterations to target, and the best-so-far curve."""
+    history = sorted((h for t in results["trials"] for h in t["history"] if h.get("val_accuracy") is not None), key=lambda h: h["time"])
+    curve, best, to_target = [], -math.inf, None
+    for spent, h in enumerate(history, start=1):
+        best = max(best, h["val_accuracy"])
+        curve.append({"t_s": h["time"] - start, "iterations": spent, "best": best})
+        if to_target is None and h["val_accuracy"] >= target:
+            to_target = (h["time"] - start, spent)
+    in_budget = [p["best"] for p in curve if p["iterations"] <= budget]
+    return {
+        "best_val_accuracy": (results.get("best") or {}).get("metric"),
+        "best_val_accuracy_in_budget": in_budget[-1] if in_budget else None,
+        "time_to_target_s": to_target[0] if to_target else None,
+        "iterations_to_target": to_target[1] if to_target else None,
+        "tune_wall_s": results["wall_s"],
+        "total_iterations": results["total_iterations"],
+        "trials": len(results["trials"]),
+        "errored_trials": len(results["errored"]),
+        "exploits": len(results["exploits"]),
+        "best_config": (results.get("best") or {}).get("config"),
+        "curve": curve,
+    }
+
+
+def _make_digits(work: Path) -> Path:
+    from raytron.datasets.sources import SourceConfig
+    from raytron.datasets.writer import BuildConfig, build_shards
+
+    out = work / "digits"
+    build_shards(BuildConfig(source=SourceConfig(spec="digits"), out_dir=out, progress=False))
+    return out
+
+
+def _line(row: dict[str, Any]) -> str:
+    if row["status"] != "SUCCEEDED" or "best_val_accuracy" not in row:
+        return f"{row['status']} after {row['job_s']:.0f} s"
+    ttt = "never" if row["time_to_target_s"] is None else f"{row['time_to_target_s']:.1f} s ({row['iterations_to_target']} it)"
+    return (f"best val_accuracy {row['best_val_accuracy']:.4f} ({row['best_val_accuracy_in_budget']:.4f} in budget), "
+            f"{row['total_iterations']} iterations over {row['trials']} trials, tune wall {row['tune_wall_s']:.1f} s, "
+            f"target reached {ttt}, {row['exploits']} exploit(s)")
+
+
+# --------------------------------------------------------------------------- report
+
+
+def _median_or_inf(values: list[float | None]) -> float:
+    """Median over seeds where a run that never reached the target counts as infinitely slow."""
+    return statistics.median([math.inf if v is None else v for v in values]) if values else math.inf
+
+
+def ratios_of(ok: dict[str, list[dict[str, Any]]]) -> dict[str, float | None]:
+    base = ok.get(BASELINE, [])
+    ratios: dict[str, float | None] = {}
+    for method in ("pbt", "asha"):
+        runs = ok.get(method, [])
+        if not runs or not base:
+            ratios[f"{method}_best_accuracy_vs_random"] = ratios[f"{method}_time_to_target_vs_random"] = None
+            continue
+        ratios[f"{method}_best_accuracy_vs_random"] = (statistics.median(r["best_val_accuracy_in_budget"] for r in runs)
+                                                       / statistics.median(r["best_val_accuracy_in_budget"] for r in base))
+        mine, theirs = _median_or_inf([r["time_to_target_s"] for r in runs]), _median_or_inf([r["time_to_target_s"] for r in base])
+        # random's time / the scheduler's; undefined (None) when either median run never reached the target.
+        ratios[f"{method}_time_to_target_vs_random"] = theirs / mine if math.isfinite(mine) and math.isfinite(theirs) else None
+    return ratios
+
+
+def report(args: TuneArgs, plan: Plan, rows: list[dict[str, Any]]) -> int:
+    ok = {m: [r for r in rows if r["method"] == m and "best_val_accuracy" in r] for m in METHODS}
+    metrics = ("best_val_accuracy", "best_val_accuracy_in_budget", "time_to_target_s", "iterations_to_target", "tune_wall_s", "total_iterations", "exploits")
+    summary = {k: {m: summarize([r[k] for r in runs if r[k] is not None]) for m, runs in ok.items()} for k in metrics}
+    ratios = ratios_of(ok)
+    notes = _notes(args, plan, ok, ratios) + [f"{r['method']} seed {r['seed']} FAILED ({r['status']}): {r['error_tail'][-400:]}" for r in rows if "best_val_accuracy" not in r]
+    config = {**asdict(args), **asdict(plan), "budget_iterations": plan.budget_iterations, "search_space": SEARCH_SPACE,
+              "asha_expected_iterations_per_trial": asha_expected_iterations(plan.max_iterations, args.grace_period, args.reduction_factor),
+              "trials_at_once": int(args.head_cpus // args.cpus_per_trial)}
+    table = [{k: v for k, v in r.items() if k not in ("curve", "error_tail")} for r in rows]
+    write_results("tune", config, {"summary": summary, "runs": table, "curves": {f"{r['method']}-s{r['seed']}": r.get("curve") for r in rows}},
+                  ratios, notes, lambda plt: _plot(plt, rows, args.target_accuracy, plan.budget_iterations), out_dir=args.out_dir)
+    for note in notes:
+        print(note, file=sys.stderr)
+    for name, value in ratios.items():
+        print(f"{name}: {'-' if value is None else f'{value:.3f}x'}", file=sys.stderr)
+    return 0 if all("best_val_accuracy" in r for r in rows) else 1
+
+
+def _notes(args: TuneArgs, plan: Plan, ok: dict[str, list[dict[str, Any]]], ratios: dict[str, float | None]) -> list[str]:
+    spent = {m: statistics.median(r["total_iterations"] for r in runs) for m, runs in ok.items() if runs}
+    notes = [
+        f"digits shards, mlp recipe (hidden {args.hidden}), SGD, batch {args.batch_size}; lr loguniform [1e-4, 0.3], momentum uniform [0, 0.95]; "
+        f"{plan.seeds} seed(s) per method (tune.seed, the same for every method of a seed); "
+        f"{args.iteration_steps} steps per iteration, at most {plan.max_iterations} iterations per trial, "
+        f"{int(args.head_cpus // args.cpus_per_trial)} trials at once ({args.cpus_per_trial:g} CPU each on a {args.head_cpus}-CPU embedded head).",
+        f"Budget: {plan.budget_iterations} trial iterations ({plan.num_samples} samples x {plan.max_iterations}), what random search spends. "
+        f"PBT runs the same {plan.num_samples} trials to the end (same spend); ASHA gets {plan.asha_samples} samples, as many as make its expected spend "
+        f"({asha_expected_iterations(plan.max_iterations, args.grace_period, args.reduction_factor):.2f} iterations per trial with grace {args.grace_period}, "
+        f"rf {args.reduction_factor:g}) equal the budget. Iterations actually spent (median over seeds): "
+        + ", ".join(f"{m} {v:g}" for m, v in spent.items())
+        + ". `best_val_accuracy_in_budget` counts only each run's first budget iterations in reporting order (it equals results.json best.metric when a run did not overspend); "
+        "the accuracy ratios use it.",
+        f"Time to target: from the start of the search (the driver's spec.json write, before any trial) to the first history row of any trial with "
+        f"val_accuracy >= {args.target_accuracy}; it includes trial start-up (seconds per trial start on 2 shared cores), which ASHA pays for its extra "
+        "samples and PBT for every pause: with fewer slots than trials, asynchronous PBT pauses a trial at each perturbation point while "
+        "others are pending and restarts it from its checkpoint later.",
+        "PBT can spend a little more than the budget: an exploit restores the donor's latest checkpoint, which may be iterations behind the "
+        "recipient, and those iterations are trained again.",
+    ]
+    acc_met = all((ratios.get(f"{m}_best_accuracy_vs_random") or 0) > 1 for m in ("pbt", "asha"))
+    base_ttt = _median_or_inf([r["time_to_target_s"] for r in ok.get(BASELINE, [])])
+    # Reaching the target at all, when random search's median run never does, also beats it.
+    ttt_met = all((ratios.get(f"{m}_time_to_target_vs_random") or 0) > 1
+                  or (math.isinf(base_ttt) and math.isfinite(_median_or_inf([r["time_to_target_s"] for r in ok.get(m, [])]))) for m in ("pbt", "asha"))
+    tie = [m for m in ("pbt", "asha") if ratios.get(f"{m}_best_accuracy_vs_random") == 1.0]
+    notes.append(
+        "Goal: PBT and ASHA both beat random search (higher best val_accuracy within the same budget, and reaching the target sooner). "
+        f"Best accuracy: {'met' if acc_met else 'not met'}; time to target: {'met' if ttt_met else 'not met'}"
+        + (f" ({', '.join(tie)} tied random's best accuracy exactly)" if tie else "")
+        + (" — with one seed this is a smoke result, not a conclusion." if plan.seeds == 1 else ".")
+    )
+    for m, runs in ok.items():
+        never = sum(r["time_to_target_s"] is None for r in runs)
+        if never:
+            notes.append(f"{m}: {never} of {len(runs)} run(s) never reached val_accuracy {args.target_accuracy}; a time ratio whose median run never reached it is left empty.")
+    return notes
+
+
+def _plot(plt, rows: list[dict[str, Any]], target: float, budget: int):
+    fig, (a, b) = plt.subplots(1, 2, figsize=(13, 4.8))
+    styles = ["-", "--", ":", "-."]
+    for r in rows:
+        curve = r.get("curve") or []
+        if not curve:
+            continue
+        label = f"{r['method']} seed {r['seed']}"
+        style = dict(color=COLORS[r["method"]], linestyle=styles[r["seed"] % len(styles)], drawstyle="steps-post", label=label)
+        a.plot([p["t_s"] for p in curve], [p["best"] for p in curve], **style)
+        b.plot([p["iterations"] for p in curve], [p["best"] for p in curve], **style)
+    for ax in (a, b):
+        ax.axhline(target, color="black", linewidth=0.8, alpha=0.6)
+        ax.set_ylabel("best val_accuracy so far")
+        ax.set_ylim(max(0.0, min((p["best"] for r in rows for p in r.get("curve") or []), default=0.0) - 0.02), 1.0)
+        ax.legend(fontsize=7, loc="lower right")
+    b.axvline(budget, color="black", linestyle="--", linewidth=0.8, alpha=0.6)
+    a.set_xlabel("seconds since the search started")
+    a.set_title(f"best-so-far over wall time (target {target})")
+    b.set_xlabel("trial iterations spent (all trials)")
+    b.set_title(f"best-so-far over iterations spent (budget {budget})")
+    fig.suptitle("tune: PBT and ASHA vs random search, digits mlp, same search space", fontsize=12)
+    fig.tight_layout()
+    return fig
+
+
+# --------------------------------------------------------------------------- main
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(TuneArgs, "PBT and ASHA against random search on the digits recipe, same compute budget: best val_accuracy and time to a target.", argv)
+    plan = make_plan(args)
+    # A SIGTERM (e.g. from a CI timeout) must still reach the `finally` that stops the head we started.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    from raytron.cluster import JobManager, LocalHeadConfig, Settings, connect, start_local_head, stop_local_head
+
+    with tempfile.TemporaryDirectory(prefix="rt-bench-tune-") as tmp:
+        work = Path(tmp)
+        address = args.address or os.environ.get("RAY_ADDRESS")
+        # Our own RAYTRON_HOME: the embedded head is this run's alone, and nobody else's head is touched.
+        settings = Settings(home=work / "home", address=address)
+        started = False
+        try:
+            if address is None:
+                t0 = time.monotonic()
+                _, started = start_local_head(LocalHeadConfig(home=settings.home, num_cpus=args.head_cpus, object_store_memory_bytes=256 * 2**20))
+                print(f"started a local Ray head with {args.head_cpus} CPUs in {time.monotonic() - t0:.1f} s; stopped at the end", file=sys.stderr)
+            # The jobs write results under this temporary folder, so a remote --address must share this machine's filesystem.
+            manager = JobManager(connect(address, settings=settings, start=False), settings=settings)
+            rows = measure(args, plan, manager, work)
+        finally:
+            if started:
+                stop_local_head(settings.home)
+    return report(args, plan, rows)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,207 @@
+"""Hyperparameter search (`kind: tune`) with real Ray Tune trials training on real digits shards."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from helpers import wait_for
+from raytron.cluster import SpecError, parse_spec
+from raytron.datasets.sources import SourceConfig
+from raytron.datasets.writer import BuildConfig, build_shards
+from raytron.trainers.recipes import MLP
+from raytron.trainers.steps import apply_optimizer_settings, lr_schedule
+from raytron.trainers.tune_spec import TuneJobSpec
+from raytron.trainers.tune_trial import state_sha256
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory) -> str:
+    out = tmp_path_factory.mktemp("digits")
+    build_shards(BuildConfig(source=SourceConfig(spec="digits"), out_dir=out, shard_size_bytes=100_000, val_fraction=0.1, progress=False))
+    return str(out)
+
+
+def spec_dict(manifest: str = "/data", tune: dict | None = None, **train) -> dict:
+    body = {"model": {"recipe": "mlp", "args": {"hidden": 32}}, "data": {"manifest": manifest, "shuffle_buffer": 100},
+            "optimizer": {"name": "sgd", "lr": 0.05}, "steps": 60, "global_batch_size": 64, "log_every_steps": 10}
+    body.update(train)
+    section = {"search_space": {"optimizer.lr": {"loguniform": [1e-4, 0.5]}}, "num_samples": 4, "metric": "val_accuracy", "mode": "max",
+               "iteration_steps": 20, "scheduler": {"name": "pbt", "perturbation_interval": 1}}
+    section.update(tune or {})
+    return {"name": "tn", "kind": "tune", "resources": {"num_workers": 1, "cpus_per_worker": 1}, "train": body, "tune": section}
+
+
+def write(tmp_path: Path, data: dict, name: str) -> Path:
+    data = {**data, "name": name, "storage": {"path": str(tmp_path / "runs")}}
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def results(tmp_path: Path, name: str) -> dict:
+    return json.loads((tmp_path / "runs" / name / "results.json").read_text())
+
+
+# ----------------------------------------------------------------------------- fast: validation
+
+
+@pytest.mark.parametrize("tune,path,words", [
+    ({"search_space": {"optimizer.lr": {"normal": [0, 1]}}}, "tune.search_space.optimizer.lr", "one distribution"),
+    ({"search_space": {"optimizer.lr": {"loguniform": [0, 0.1]}}}, "tune.search_space.optimizer.lr", "0 < low < high"),
+    ({"search_space": {"optimizer.lr": {"uniform": [0.5, 0.1]}}}, "tune.search_space.optimizer.lr", "low < high"),
+    ({"search_space": {"optimizer.lr": {"loguniform": [1e-4, 100]}}}, "tune.search_space.optimizer.lr", "reaches 100"),
+    ({"search_space": {"optimizer.lrr": {"uniform": [0.1, 0.2]}}}, "tune.search_space.optimizer.lrr", "not a field"),
+    ({"search_space": {"train.optimizer.lr": {"uniform": [0.1, 0.2]}}}, "tune.search_space.train.optimizer.lr", "inside `train:` already"),
+    ({"search_space": {"optimizer.name": {"choice": ["adamw", "lamb"]}}}, "tune.search_space.optimizer.name", "'lamb'"),
+    ({"search_space": {"global_batch_size": {"randint": [1.5, 8]}}}, "tune.search_space.global_batch_size", "integers"),
+    ({"search_space": {"optimizer.lr": {"grid": []}}}, "tune.search_space.optimizer.lr", "non-empty list"),
+    ({"metric": "accuracy"}, "tune.metric", "one of loss, val_loss, val_accuracy"),
+    ({"mode": "min"}, "tune.mode", "worst val_accuracy"),
+    ({"num_samples": 1}, "tune.num_samples", "population of at least 2"),
+    ({"scheduler": {"name": "pbt", "grace_period": 2}}, "tune.scheduler.grace_period", "does not apply to scheduler `pbt`"),
+    ({"scheduler": {"name": "hyperband", "grace_period": 2}}, "tune.scheduler.grace_period", "read by asha"),
+    ({"scheduler": {"name": "asha", "max_t": 3, "grace_period": 5}}, "tune.scheduler.grace_period", "at most `max_t` (3)"),
+    ({"scheduler": {"name": "asha", "reduction_factor": 1}}, "tune.scheduler.reduction_factor", "greater than 1"),
+    ({"scheduler": {"name": "pbt", "quantile_fraction": 0.7}}, "tune.scheduler.quantile_fraction", "0.5"),
+    ({"scheduler": {"name": "pb2", "hyperparam_mutations": {"optimizer.lr": {"choice": [0.1, 0.2]}}}},
+     "tune.scheduler.hyperparam_mutations.optimizer.lr", "continuous bounds"),
+    ({"scheduler": {"name": "sgd"}}, "tune.scheduler.name", "'pbt'"),
+    ({"max_concurrent_trials": 2}, "tune.max_concurrent_trials", "whole population (4 trials)"),
+])
+def test_invalid_tune_specs_name_the_field(tune, path, words):
+    with pytest.raises(SpecError) as info:
+        parse_spec(spec_dict(tune=tune))
+    assert path in info.value.paths, str(info.value)
+    assert words in str(info.value), str(info.value)
+
+
+def test_asha_without_max_t_needs_steps():
+    with pytest.raises(SpecError) as info:
+        parse_spec(spec_dict(tune={"scheduler": {"name": "asha"}}, steps=None, epochs=3))
+    assert "tune.scheduler.max_t" in info.value.paths and "set `max_t`" in str(info.value)
+
+
+def test_trial_spec_applies_the_sampled_values_and_iterates_in_checkpoints():
+    spec = parse_spec(spec_dict(tune={"search_space": {"optimizer.lr": {"loguniform": [1e-4, 0.5]}, "model.args.hidden": {"choice": [16, 64]}}}))
+    assert isinstance(spec, TuneJobSpec)
+    trial = spec.trial_spec({"optimizer.lr": 0.0123, "model.args.hidden": 64}, "ab12c_00003")
+    assert trial.train.optimizer.lr == 0.0123 and trial.train.model.args["hidden"] == 64
+    assert trial.train.checkpoint.every_steps == 20 and trial.train.eval_every_steps == 20
+    assert trial.name == "tn-ab12c-00003" and trial.run_dir == spec.run_dir / "trials" / "tn-ab12c-00003"
+    assert spec.max_iterations() == 3
+
+
+def test_a_resumed_optimizer_takes_the_specs_hyperparameters():
+    """What a PBT exploit relies on: the donor's optimizer state, the recipient's (new) lr and momentum."""
+    model = torch.nn.Linear(4, 2)
+    spec = parse_spec(spec_dict(schedule={"name": "cosine", "warmup_steps": 2}))
+    donor_t = spec.train.model_copy(update={"optimizer": spec.train.optimizer.model_copy(update={"lr": 0.2, "momentum": 0.5})})
+    opt = torch.optim.SGD(model.parameters(), lr=0.2, momentum=0.5)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_schedule(donor_t, 60))
+    for _ in range(5):
+        model(torch.randn(3, 4)).sum().backward()
+        opt.step()
+        sched.step()
+    saved_opt, saved_sched = opt.state_dict(), sched.state_dict()
+    new_t = spec.train.model_copy(update={"optimizer": spec.train.optimizer.model_copy(update={"lr": 0.01, "momentum": 0.9})})
+    opt2 = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    sched2 = torch.optim.lr_scheduler.LambdaLR(opt2, lr_schedule(new_t, 60))
+    opt2.load_state_dict(saved_opt)
+    sched2.load_state_dict(saved_sched)
+    assert opt2.param_groups[0]["lr"] != pytest.approx(0.01 * lr_schedule(new_t, 60)(5))  # the donor's, before the fix-up
+    apply_optimizer_settings(new_t, opt2, sched2)
+    expected = 0.01 * lr_schedule(new_t, 60)(5)
+    assert opt2.param_groups[0]["lr"] == pytest.approx(expected) and sched2.get_last_lr() == [pytest.approx(expected)]
+    assert opt2.param_groups[0]["momentum"] == 0.9
+    assert torch.equal(opt2.state[model.weight]["momentum_buffer"], opt.state[model.weight]["momentum_buffer"])  # the state is the donor's
+    sched2.step()
+    assert opt2.param_groups[0]["lr"] == pytest.approx(0.01 * lr_schedule(new_t, 60)(6))
+
+
+# ----------------------------------------------------------------------------- slow: real Ray Tune
+
+
+@pytest.mark.slow
+def test_pbt_exploits_restore_the_donors_weights(head, digits, tmp_path):
+    # 4 trials, each of 1 CPU, on the 4-CPU test head; synchronous PBT at every iteration with a
+    # quarter of the population copying the top quarter: an exploit must happen at iteration 1.
+    spec = write(tmp_path, spec_dict(digits, tune={"scheduler": {"name": "pbt", "perturbation_interval": 1, "quantile_fraction": 0.25, "synch": True},
+                                                   "search_space": {"optimizer.lr": {"loguniform": [1e-4, 0.5]}}}), "pbt")
+    run = head.cli("submit", str(spec), "--wait", timeout_s=600)
+    assert run.returncode == 0, run.output[-5000:]
+    res = results(tmp_path, "pbt")
+    assert len(res["trials"]) == 4 and all(t["status"] == "TERMINATED" for t in res["trials"]), res["trials"]
+    assert res["exploits"], "no exploit happened"
+    ids = {t["trial_id"] for t in res["trials"]}
+    for ex in res["exploits"]:
+        assert ex["donor"] in ids and ex["recipient"] in ids and ex["donor"] != ex["recipient"], ex
+        assert ex["old"]["optimizer.lr"] is not None and ex["old"]["optimizer.lr"] != ex["new"]["optimizer.lr"], ex
+        assert ex["weights_match"] and ex["recipient_weights_sha256"] == ex["donor_checkpoint_sha256"], ex
+        # Independently of the trial's own check: the donor's checkpoint as Tune kept it hashes the same.
+        assert state_sha256(load_file(str(Path(ex["donor_checkpoint"]) / "model.safetensors"))) == ex["recipient_weights_sha256"]
+        assert ex["iteration"] >= 1 and ex["step"] == 20 * ex["iteration"]
+        if ex["step"] == 60:
+            continue  # an exploit at the last iteration leaves nothing to train
+        # The recipient went on from the donor's step with its new learning rate.
+        after = [h for h in next(t for t in res["trials"] if t["trial_id"] == ex["recipient"])["history"] if h["time"] > ex["time"]]
+        assert after and after[0]["step"] == ex["step"] + 20 and after[0]["config"]["optimizer.lr"] == ex["new"]["optimizer.lr"]
+        assert after[0]["lr"] == pytest.approx(ex["new"]["optimizer.lr"])
+    assert any(ex["step"] < 60 for ex in res["exploits"]), res["exploits"]
+    assert "exploited" in run.stdout and "weights equal the donor's" in run.stdout
+    assert "raytron: final pbt (4 trial(s))" in run.stdout and "best val_accuracy" in run.stdout
+    best = res["best"]
+    assert best["metric"] > 0.85 and best["train_spec"]["train"]["optimizer"]["lr"] == best["config"]["optimizer.lr"]
+    model = MLP(64, 10, hidden=32)
+    model.load_state_dict(load_file(str(Path(best["checkpoint"]) / "model.safetensors")))
+    for name in ("val_accuracy.png", "loss.png"):
+        assert (tmp_path / "runs" / "pbt" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.slow
+def test_asha_stops_weak_trials_early(head, digits, tmp_path):
+    # One trial at a time, the best learning rate first: every later trial is judged against it at
+    # its first rung and stopped there.
+    spec = write(tmp_path, spec_dict(digits, steps=80, tune={
+        "search_space": {"optimizer.lr": {"grid": [0.05, 0.00001, 0.00002, 0.00003]}}, "num_samples": 1, "max_concurrent_trials": 1,
+        "scheduler": {"name": "asha", "max_t": 4, "grace_period": 1, "reduction_factor": 2}}), "asha")
+    run = head.cli("submit", str(spec), "--wait", timeout_s=600)
+    assert run.returncode == 0, run.output[-5000:]
+    res = results(tmp_path, "asha")
+    iterations = {t["config"]["optimizer.lr"]: t["iterations"] for t in res["trials"]}
+    assert len(iterations) == 4 and iterations[0.05] == 4, iterations
+    assert res["total_iterations"] < 4 * 4, iterations
+    assert min(iterations.values()) == 1, iterations
+    assert res["best"]["config"]["optimizer.lr"] == 0.05
+
+
+@pytest.mark.slow
+def test_an_interrupted_tune_run_continues_when_submitted_again(head, digits, tmp_path):
+    spec = write(tmp_path, spec_dict(digits, steps=400, model={"recipe": "mlp", "args": {"hidden": 256}}, tune={"scheduler": {"name": "fifo"}, "num_samples": 2,
+                                                             "search_space": {"optimizer.lr": {"uniform": [0.02, 0.1]}}}), "again")
+    history = tmp_path / "runs" / "again" / "history.jsonl"
+    first = head.cli("submit", str(spec), "--id", "again-1", timeout_s=120)
+    assert first.returncode == 0, first.output
+    job = "again-1"
+    wait_for(lambda: history.is_file() and len(history.read_text().splitlines()) >= 4, timeout_s=240, what="4 reported iterations")
+    stop = head.cli("stop", job, timeout_s=120)
+    assert stop.returncode == 0, stop.output
+    before = [json.loads(line) for line in history.read_text().splitlines()]
+    assert len(before) < 40, "the run ended before it was stopped"
+    time.sleep(1)
+    second = head.cli("submit", str(spec), "--wait", timeout_s=600)
+    assert second.returncode == 0, second.output[-5000:]
+    assert "continuing tune run again" in second.stdout
+    res = results(tmp_path, "again")
+    assert all(t["status"] == "TERMINATED" and t["iterations"] == 20 for t in res["trials"]), res["trials"]
+    for trial in res["trials"]:
+        its = [h["iteration"] for h in trial["history"]]
+        # Continued, not restarted: no iteration reported twice, none skipped.
+        assert its == list(range(1, 21)), (trial["trial_id"], its)
+    assert len(before) < sum(len(t["history"]) for t in res["trials"])

@@ -1,0 +1,153 @@
+"""The runner of `kind: tune` jobs: Ray Tune's driver, on the cluster.
+
+Layout under `<storage.path>/<name>/`:
+    spec.json            the validated tune spec (a resubmission must match it to continue)
+    trials/<trial id>/   each trial's `kind: train` run directory (checkpoints, metrics.jsonl)
+    ray_tune/search/     Ray Tune's experiment (its state, its copies of every reported checkpoint)
+    exploits.jsonl       every PBT exploit: donor, iteration, old -> new values, weight hashes
+    results.json         per-trial histories, the best trial's config and checkpoint, exploits
+    <metric>.png         the metric per trial over iterations, exploits drawn
+
+Every checkpoint a trial reports is kept in Ray Tune's storage until the run ends
+(`CheckpointConfig(num_to_keep=None)`), so a donor's checkpoint can never be deleted before a
+recipient restores it. A resubmitted spec whose experiment exists continues it
+(`Tuner.restore`): finished trials stay finished and unfinished ones resume from their last
+checkpoint. SIGTERM (what `raytron stop` sends first) is turned into Tune's own graceful stop,
+which saves the experiment state before exiting.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from typing import Any
+
+from raytron.cluster.runner import JobContext
+from raytron.cluster.storage import write_json_atomic
+from raytron.trainers.errors import TrainError
+from raytron.trainers.tune_spec import TuneJobSpec
+
+__all__ = ["run_tune_job", "TuneError", "build_param_space", "build_scheduler"]
+
+_EXPERIMENT = "search"
+
+
+class TuneError(TrainError):
+    """A tune run could not start, continue or finish."""
+
+
+def build_param_space(spec: TuneJobSpec) -> dict[str, Any]:
+    """Ray Tune's param space: one flat key per search-space path."""
+    return {path: _domain(dist) for path, dist in spec.tune.search_space.items()}
+
+
+def _domain(dist: dict[str, Any]):
+    from ray import tune
+
+    name, arg = next(iter(dist.items()))
+    if name == "loguniform":
+        return tune.loguniform(*arg)
+    if name == "uniform":
+        return tune.uniform(*arg)
+    if name == "randint":
+        return tune.randint(*arg)
+    if name == "choice":
+        return tune.choice(arg)
+    return tune.grid_search(arg)
+
+
+def build_scheduler(spec: TuneJobSpec):
+    """The Tune scheduler named by `tune.scheduler` (None for fifo)."""
+    s, tc = spec.tune.scheduler, spec.tune
+    common: dict[str, Any] = {}  # metric and mode come from TuneConfig (Tune refuses them twice)
+    if s.name in ("pbt", "pb2"):
+        mutations = s.hyperparam_mutations if s.hyperparam_mutations is not None else tc.search_space
+        if s.name == "pbt":
+            from ray.tune.schedulers import PopulationBasedTraining
+
+            return PopulationBasedTraining(time_attr="training_iteration", perturbation_interval=s.perturbation_interval, quantile_fraction=s.quantile_fraction,
+                                           resample_probability=s.resample_probability, synch=s.synch,
+                                           hyperparam_mutations={p: _domain(d) for p, d in mutations.items() if "grid" not in d}, **common)
+        from ray.tune.schedulers.pb2 import PB2
+
+        bounds = {p: next(iter(d.values())) for p, d in mutations.items() if next(iter(d)) in ("uniform", "loguniform")}
+        return PB2(time_attr="training_iteration", perturbation_interval=s.perturbation_interval, quantile_fraction=s.quantile_fraction, synch=s.synch,
+                   hyperparam_bounds=bounds, **common)
+    if s.name == "asha":
+        from ray.tune.schedulers import ASHAScheduler
+
+        return ASHAScheduler(time_attr="training_iteration", max_t=spec.max_iterations(), grace_period=s.grace_period, reduction_factor=s.reduction_factor, **common)
+    if s.name == "hyperband":
+        from ray.tune.schedulers import HyperBandScheduler
+
+        return HyperBandScheduler(time_attr="training_iteration", max_t=spec.max_iterations(), reduction_factor=s.reduction_factor, **common)
+    return None
+
+
+def run_tune_job(spec: TuneJobSpec, ctx: JobContext) -> dict[str, Any]:
+    """Run (or continue) the search, then write results.json and the plots in the run directory."""
+    import ray
+    from ray import tune
+
+    from raytron.trainers.tune_results import TableCallback, collect_results, plot_results, render_table
+    from raytron.trainers.tune_trial import run_trial
+
+    run_dir = spec.run_dir
+    experiment = run_dir / "ray_tune" / _EXPERIMENT
+    spec_file = run_dir / "spec.json"
+    ours = json.loads(spec.to_json())
+    # Which trial goes with which spec is settled by the first submission: continuing with another
+    # search space or scheduler would mix two experiments in one result.
+    if spec_file.is_file() and json.loads(spec_file.read_text()) != ours:
+        raise TuneError(f"{run_dir} holds a tune run of another spec; a resubmission continues a run only with the same spec: "
+                        "use another `name` (or `storage.path`) to start a new search")
+    ray.init(address="auto", log_to_driver=True)
+    # Tune stops gracefully on SIGINT (saving its state); `raytron stop` sends SIGTERM first.
+    signal.signal(signal.SIGTERM, lambda *_: os.kill(os.getpid(), signal.SIGINT))
+    r, tc = spec.resources, spec.tune
+    bundle = {"CPU": r.cpus_per_worker, **({"GPU": r.gpus_per_worker} if r.gpus_per_worker else {})}
+    trainable = tune.with_resources(tune.with_parameters(run_trial, spec_json=spec.to_json()), tune.PlacementGroupFactory([bundle] * r.num_workers))
+    table = TableCallback(spec, every_s=tc.table_every_s)
+    run_config = tune.RunConfig(
+        name=_EXPERIMENT, storage_path=str(run_dir / "ray_tune"), verbose=0, callbacks=[table],
+        failure_config=tune.FailureConfig(max_failures=tc.max_failures),
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=None),
+    )
+    started = time.time()
+    if tune.Tuner.can_restore(str(experiment)):
+        print(f"raytron: continuing tune run {spec.name} from {experiment} (finished trials stay finished, the others resume from their last checkpoint)", flush=True)
+        tuner = tune.Tuner.restore(str(experiment), trainable=trainable, resume_unfinished=True, resume_errored=True)
+    else:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(spec_file, ours)
+        from ray.tune.search.basic_variant import BasicVariantGenerator
+
+        tuner = tune.Tuner(
+            trainable, param_space=build_param_space(spec), run_config=run_config,
+            tune_config=tune.TuneConfig(
+                metric=tc.metric, mode=tc.mode, scheduler=build_scheduler(spec), num_samples=tc.num_samples,
+                max_concurrent_trials=tc.max_concurrent_trials, time_budget_s=tc.time_budget_s,
+                search_alg=BasicVariantGenerator(random_state=tc.seed, max_concurrent=tc.max_concurrent_trials or 0),
+            ),
+        )
+        print(f"raytron: tuning {spec.name}: {tc.num_samples} sample(s) over {', '.join(tc.search_space) or 'no search space'}, "
+              f"scheduler {tc.scheduler.name}, {tc.metric} ({tc.mode}), {tc.iteration_steps} steps per iteration, "
+              f"{r.num_workers} worker(s) x {r.cpus_per_worker:g} CPU per trial", flush=True)
+    grid = tuner.fit()
+    results = collect_results(spec, grid, wall_s=time.time() - started)
+    write_json_atomic(run_dir / "results.json", results)
+    plots = plot_results(spec, results)
+    print(render_table(spec, results["trials"], final=True), flush=True)
+    best = results.get("best")
+    if best is None:
+        raise TuneError(f"no trial of {spec.name} reported {tc.metric}; see the trials' errors in {run_dir / 'results.json'}")
+    print(f"raytron: best trial {best['trial_id']}: {tc.metric} {best['metric']:.4f} at iteration {best['iteration']} with "
+          + ", ".join(f"{k}={v!r}" for k, v in best["config"].items()), flush=True)
+    print(f"raytron: its checkpoint: {best['checkpoint']}\nraytron: export it with: raytron export {best['checkpoint']} --name {spec.name}", flush=True)
+    print(f"raytron: {len(results['exploits'])} exploit(s); wrote {run_dir / 'results.json'}" + "".join(f", {p}" for p in plots), flush=True)
+    if results["errored"]:
+        print(f"raytron: {len(results['errored'])} trial(s) failed: " + "; ".join(f"{t['trial_id']}: {t['error']}" for t in results["errored"]), flush=True)
+    return results
+

@@ -1,0 +1,177 @@
+"""What a tune run shows and leaves: the console table, results.json and the plots."""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+from raytron.trainers.tune_spec import TuneJobSpec
+
+__all__ = ["TableCallback", "collect_results", "plot_results", "render_table"]
+
+_TRIAL_DIR_RE = re.compile(r"_([0-9a-f]{5}_\d{5})(?:_|/|$)")
+
+
+def _tune_callback_base():
+    from ray.tune import Callback
+
+    return Callback
+
+
+class TableCallback(_tune_callback_base()):
+    """Prints the trial table at most every `every_s` seconds while results come in."""
+
+    def __init__(self, spec: TuneJobSpec, every_s: float):
+        self.spec, self.every_s, self.last_print = spec, every_s, 0.0
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        now = time.monotonic()
+        if now - self.last_print < self.every_s:
+            return
+        self.last_print = now
+        rows = [{"trial_id": t.trial_id, "status": t.status, "iterations": (t.last_result or {}).get("training_iteration", 0),
+                 "step": (t.last_result or {}).get("step"), "metric_last": (t.last_result or {}).get(self.spec.tune.metric), "metric_best": None,
+                 "config": {k: t.config.get(k) for k in self.spec.tune.search_space}} for t in trials]
+        print(render_table(self.spec, rows, final=False), flush=True)
+
+
+def render_table(spec: TuneJobSpec, rows: list[dict[str, Any]], *, final: bool) -> str:
+    """A plain-text table: trial, status, iterations, step, the metric (last and best), the config."""
+    metric = spec.tune.metric
+    keys = list(spec.tune.search_space)
+    head = ["trial", "status", "iter", "step", f"{metric}", *([f"best {metric}"] if final else []), *keys]
+    lines = []
+    for row in rows:
+        cells = [row["trial_id"], row["status"], str(row["iterations"]), str(row.get("step") or "-"), _num(row.get("metric_last"))]
+        if final:
+            cells.append(_num(row.get("metric_best")))
+        cells += [_num(row["config"].get(k)) for k in keys]
+        lines.append(cells)
+    widths = [max(len(h), *(len(c[i]) for c in lines)) if lines else len(h) for i, h in enumerate(head)]
+    out = [f"raytron: {'final' if final else 'trials of'} {spec.name} ({len(rows)} trial(s))",
+           "  ".join(h.ljust(w) for h, w in zip(head, widths))]
+    out += ["  ".join(c.ljust(w) for c, w in zip(cells, widths)) for cells in lines]
+    return "\n".join(out)
+
+
+def _num(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def trial_id_of(path: str | Path) -> str | None:
+    """The trial id in a Tune trial directory's name (`<trainable>_<experiment>_<index>_<config>_<date>`), or in a path below one."""
+    match = _TRIAL_DIR_RE.search(str(path))
+    return match.group(1) if match else None
+
+
+def collect_results(spec: TuneJobSpec, grid, *, wall_s: float) -> dict[str, Any]:
+    """results.json: every trial's history and status, the best checkpoint, the exploits."""
+    from raytron.trainers.tune_trial import EXPLOITS_FILE, HISTORY_FILE, TRIAL_FILE
+
+    tc = spec.tune
+    better = max if tc.mode == "max" else min
+    history: dict[str, list[dict[str, Any]]] = {}
+    for row in _read_jsonl(spec.run_dir / HISTORY_FILE):
+        rows = history.setdefault(row["trial_id"], [])
+        if row.get("event") == "resumed":
+            # The trial went back to its own checkpoint: what it reported after that is superseded.
+            rows[:] = [r for r in rows if r["iteration"] <= row["iteration"]]
+            continue
+        rows.append({k: v for k, v in row.items() if k != "trial_id"})
+    trials, errored, candidates = [], [], []
+    for result in grid:
+        trial_id = trial_id_of(result.path) or Path(result.path).name
+        rows = history.get(trial_id, [])
+        values = [h[tc.metric] for h in rows if tc.metric in h]
+        row = {"trial_id": trial_id, "status": "ERROR" if result.error else ("TERMINATED" if values else "NO RESULTS"),
+               "iterations": rows[-1]["iteration"] if rows else 0, "step": rows[-1].get("step") if rows else None,
+               "config": rows[-1]["config"] if rows else dict(result.config or {}),
+               "metric_last": values[-1] if values else None, "metric_best": better(values) if values else None, "path": result.path, "history": rows}
+        if result.error:
+            text = str(result.error).strip()
+            row["error"] = text.splitlines()[-1][:500] if text else type(result.error).__name__
+            errored.append(row)
+        trials.append(row)
+        for ckpt, ckpt_metrics in result.best_checkpoints or []:
+            if tc.metric in ckpt_metrics:
+                candidates.append((ckpt_metrics[tc.metric], ckpt, ckpt_metrics))
+    best = None
+    if candidates:
+        value, ckpt, ckpt_metrics = better(candidates, key=lambda c: c[0])
+        info = json.loads((Path(ckpt.path) / TRIAL_FILE).read_text()) if (Path(ckpt.path) / TRIAL_FILE).is_file() else {}
+        trial_id = trial_id_of(ckpt.path) or info.get("trial_id")
+        config = info.get("config") or next((t["config"] for t in trials if t["trial_id"] == trial_id), {})
+        step = ckpt_metrics.get("step")
+        best = {"trial_id": trial_id, "metric": value, "iteration": step // tc.iteration_steps if step else None, "step": step,
+                "config": config, "checkpoint": ckpt.path, "train_spec": json.loads(spec.trial_spec(config, trial_id or "best").to_json()),
+                "export": f"raytron export {ckpt.path} --name {spec.name}"}
+    return {"name": spec.name, "metric": tc.metric, "mode": tc.mode, "scheduler": tc.scheduler.name, "num_samples": tc.num_samples,
+            "iteration_steps": tc.iteration_steps, "wall_s": wall_s, "total_iterations": sum(len(t["history"]) for t in trials),
+            "best": best, "trials": trials, "errored": [{"trial_id": t["trial_id"], "error": t["error"]} for t in errored],
+            "exploits": _read_jsonl(spec.run_dir / EXPLOITS_FILE)}
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            continue  # a line cut short by a killed trial
+    return rows
+
+
+def plot_results(spec: TuneJobSpec, results: dict[str, Any]) -> list[Path]:
+    """`<metric>.png` (and `loss.png`): one line per trial over iterations, exploits as dashed jumps."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return []
+    from raytron.cluster.storage import write_bytes_atomic
+
+    written = []
+    by_id = {t["trial_id"]: t for t in results["trials"]}
+    for metric in dict.fromkeys([spec.tune.metric, "loss"]):
+        fig, ax = plt.subplots(figsize=(9, 5))
+        colors = {}
+        for trial in results["trials"]:
+            points = [(h["iteration"], h[metric]) for h in trial["history"] if metric in h]
+            if not points:
+                continue
+            (line,) = ax.plot(*zip(*points), marker=".", label=trial["trial_id"])
+            colors[trial["trial_id"]] = line.get_color()
+        for n, ex in enumerate(results["exploits"]):
+            donor = by_id.get(ex.get("donor"))
+            recipient = by_id.get(ex.get("recipient"))
+            if donor is None or recipient is None:
+                continue
+            at = [h[metric] for h in donor["history"] if h["iteration"] == ex["iteration"] and metric in h]
+            # The recipient's first row after the exploit: one iteration on from the donor's checkpoint, reported later.
+            after = [h[metric] for h in recipient["history"] if h["iteration"] == ex["iteration"] + 1 and h["time"] > ex["time"] and metric in h]
+            if at and after:
+                ax.plot([ex["iteration"], ex["iteration"] + 1], [at[-1], after[-1]], linestyle="--", color=colors.get(ex["recipient"], "grey"), alpha=0.8)
+                ax.scatter([ex["iteration"]], [at[-1]], marker="x", s=60, color=colors.get(ex["recipient"], "grey"), zorder=3,
+                           label="exploit (recipient's colour, from the donor's point)" if n == 0 else None)
+        ax.set_xlabel("training iteration")
+        ax.set_ylabel(metric)
+        ax.set_title(f"{spec.name}: {metric} per trial ({spec.tune.scheduler.name}, {len(results['exploits'])} exploit(s))")
+        ax.legend(fontsize=7, loc="best")
+        fig.tight_layout()
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png", dpi=110)
+        plt.close(fig)
+        written.append(write_bytes_atomic(spec.run_dir / f"{metric}.png", buffer.getvalue()))
+    return written
