@@ -81,6 +81,21 @@ def test_invalid_tune_specs_name_the_field(tune, path, words):
     assert words in str(info.value), str(info.value)
 
 
+def test_nested_search_space_reads_as_dotted_paths_and_errors_print_their_brackets(tmp_path):
+    spec = parse_spec(spec_dict(tune={"search_space": {"optimizer": {"lr": {"loguniform": [1e-4, 0.5]}, "momentum": {"uniform": [0.0, 0.9]}}}}))
+    assert list(spec.tune.search_space) == ["optimizer.lr", "optimizer.momentum"]
+    path = tmp_path / "t.yaml"
+    path.write_text(yaml.safe_dump(spec_dict()))
+    from helpers import RAYTRON
+
+    import subprocess
+
+    out = subprocess.run([RAYTRON, "submit", str(path), "--set", 'tune.search_space.optimizer.lr={"loguniform": [0.001, 50]}'],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2, out.stderr
+    assert "`tune.search_space.optimizer.lr` ([0.001, 50]): loguniform reaches 50" in " ".join(out.stderr.split()), out.stderr
+
+
 def test_asha_without_max_t_needs_steps():
     with pytest.raises(SpecError) as info:
         parse_spec(spec_dict(tune={"scheduler": {"name": "asha"}}, steps=None, epochs=3))

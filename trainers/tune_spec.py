@@ -27,7 +27,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, field_validator
 
 from raytron.cluster.errors import SpecProblem
 from raytron.cluster.spec import JobSpec, SpecModel
@@ -86,7 +86,13 @@ class TuneConfig(SpecModel):
     """Body of a `kind: tune` spec (beside `train:`)."""
 
     search_space: dict[str, dict[str, Any]] = Field(default_factory=dict)
-    """Path inside `train:` (e.g. `optimizer.lr`) -> one distribution: loguniform, uniform, randint, choice or grid."""
+    """Path inside `train:` (e.g. `optimizer.lr`) -> one distribution: loguniform, uniform, randint, choice or grid.
+    Nested mappings (`optimizer: {lr: {...}}`, what `--set tune.search_space.optimizer.lr=...` gives) are read as dotted paths."""
+
+    @field_validator("search_space", mode="before")
+    @classmethod
+    def _dotted(cls, value: Any) -> Any:
+        return _flatten_space(value) if isinstance(value, dict) else value
     num_samples: int = Field(4, ge=1, le=10_000)
     """Trials to sample (with `grid` entries: per grid point)."""
     max_concurrent_trials: int | None = Field(None, ge=1)
@@ -218,6 +224,19 @@ def _trial_name(name: str, trial_id: str) -> str:
     """A valid job name for the trial (`JobSpec.name` allows 48 characters)."""
     suffix = "".join(c if c.isalnum() else "-" for c in trial_id.lower()).strip("-") or "trial"
     return f"{name[: 47 - len(suffix)].rstrip('-')}-{suffix}"
+
+
+def _flatten_space(space: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """`{optimizer: {lr: {loguniform: [...]}}}` -> `{"optimizer.lr": {loguniform: [...]}}`."""
+    flat: dict[str, Any] = {}
+    for key, value in space.items():
+        path = f"{prefix}{key}"
+        # A mapping of mappings is a level of the path; a mapping with other values is a (perhaps wrong) distribution.
+        if isinstance(value, dict) and value and all(isinstance(v, dict) for v in value.values()) and not (len(value) == 1 and next(iter(value)) in DISTRIBUTIONS):
+            flat.update(_flatten_space(value, path + "."))
+        else:
+            flat[path] = value
+    return flat
 
 
 def _grid_size(tc: TuneConfig) -> int:

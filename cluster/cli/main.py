@@ -25,6 +25,8 @@ app.add_typer(data.app, name=data.NAME)
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; raytron's errors become a one-message stderr and their exit code."""
     from raytron.cluster.cli._common import err
+    from rich.markup import escape
+
     from raytron.cluster.errors import RaytronError
 
     command = typer.main.get_command(app)
@@ -40,7 +42,8 @@ def main(argv: list[str] | None = None) -> int:
         err.print("interrupted")
         return 130
     except RaytronError as exc:
-        err.print(f"[red]error:[/] {exc}", markup=True, highlight=False)
+        # The message is plain text: escaped, so `[low, high]` or `[::]` in it is printed, not read as Rich markup.
+        err.print(f"[red]error:[/] {escape(str(exc))}", markup=True, highlight=False)
         return exc.exit_code
     except click.exceptions.ClickException as exc:
         exc.show()
