@@ -86,6 +86,10 @@ def load_for_export(path: str | Path, *, samples: int, manifest: str | None = No
         meta = json.loads(meta_path.read_text())
     except (OSError, ValueError) as exc:
         raise ExportError(f"cannot read {meta_path}: {exc}") from None
+    from raytron.serving._policy import is_rl_meta, load_policy_for_export
+
+    if is_rl_meta(meta):
+        return load_policy_for_export(step_dir, run_dir, meta, samples=samples)
     spec = meta.get("spec") if isinstance(meta, dict) else None
     train = spec.get("train") if isinstance(spec, dict) else None
     if not isinstance(train, dict) or not isinstance(train.get("model"), dict) or not isinstance(train.get("data"), dict):
