@@ -2,8 +2,9 @@
 
 Three `kind: tune` jobs per seed, submitted to the same embedded Ray head (started and stopped by
 this theme) on the same digits shards: the `mlp` recipe trained with SGD over the same search space
-(`optimizer.lr` loguniform [1e-4, 0.3], `optimizer.momentum` uniform [0, 0.95]: a bad draw either
-barely moves or diverges, so stopping or replacing it early is worth something), the same
+(`optimizer.lr` loguniform [1e-4, 1], `optimizer.momentum` uniform [0, 0.99], `optimizer.weight_decay`
+loguniform [1e-6, 0.1]: a bad draw barely moves, diverges or is held down by weight decay, so stopping
+or replacing it early is worth something), 30% of the digits held out as the val split (525 samples), the same
 `iteration_steps`, the same most iterations per trial and the same number of trials at once:
 
     random search  scheduler fifo: every trial runs to the end;
@@ -22,7 +23,7 @@ above it, from the start of the search). Ratios are stated so that higher is bet
 schedulers (accuracy: scheduler / random; time to target: random / scheduler).
 
     raytron bench tune [--quick]
-    python bench/tune.py --repeats 2 --num-samples 6 --target-accuracy 0.9
+    python bench/tune.py --repeats 5                     # 8 trials x 27 iterations of 10 steps; ASHA 72 trials
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ from _harness import BenchArgs, option, parse_args, summarize, write_results
 
 METHODS = ("random", "pbt", "asha")
 BASELINE = "random"
-SEARCH_SPACE = {"optimizer.lr": {"loguniform": [1.0e-4, 0.3]}, "optimizer.momentum": {"uniform": [0.0, 0.95]}}
+SEARCH_SPACE = {"optimizer.lr": {"loguniform": [1.0e-4, 1.0]}, "optimizer.momentum": {"uniform": [0.0, 0.99]}, "optimizer.weight_decay": {"loguniform": [1.0e-6, 0.1]}}
 COLORS = {"random": "#7f7f7f", "pbt": "#1f77b4", "asha": "#d62728"}
 
 
@@ -51,14 +52,15 @@ COLORS = {"random": "#7f7f7f", "pbt": "#1f77b4", "asha": "#d62728"}
 class TuneArgs(BenchArgs):
     """Options of the `tune` theme (`--repeats` is the number of seeds per method: --quick 1, full 3)."""
 
-    num_samples: int | None = option(None, "Trials of random search and PBT (default: --quick 4, full 6).")
-    max_iterations: int | None = option(None, "Most iterations a trial runs (train.steps / iteration_steps; default: 6).")
-    iteration_steps: int = option(20, "SGD steps per Tune iteration (each ends in an evaluation on the val split).")
+    num_samples: int | None = option(None, "Trials of random search and PBT (default: --quick 4, full 8).")
+    max_iterations: int | None = option(None, "Most iterations a trial runs (train.steps / iteration_steps; default: 27, ASHA's max_t).")
+    iteration_steps: int = option(10, "SGD steps per Tune iteration (each ends in an evaluation on the val split).")
     asha_samples: int | None = option(None, "ASHA's trials (default: as many as make its expected iterations equal random search's).")
-    perturbation_interval: int = option(2, "PBT: iterations between exploit/explore decisions.")
+    perturbation_interval: int = option(3, "PBT: iterations between exploit/explore decisions.")
     grace_period: int = option(1, "ASHA: iterations before a trial can be stopped.")
     reduction_factor: float = option(3.0, "ASHA: 1/reduction_factor of the trials go on at each rung.")
-    target_accuracy: float = option(0.95, "Validation accuracy whose first reaching is timed.")
+    target_accuracy: float = option(0.97, "Validation accuracy whose first reaching is timed.")
+    val_fraction: float = option(0.3, "Share of the digits held out as the val split (0.3: 540 samples, so one more right answer moves accuracy by 0.002).")
     hidden: int = option(64, "Hidden width of the mlp recipe.")
     batch_size: int = option(64, "Global batch size of every trial.")
     cpus_per_trial: float = option(1.0, "CPUs each trial holds; with --head-cpus this sets how many trials run at once (the same for every method).")
@@ -102,8 +104,8 @@ def asha_expected_iterations(max_t: int, grace_period: int, reduction_factor: fl
 
 
 def make_plan(args: TuneArgs) -> Plan:
-    n = args.num_samples or (4 if args.quick else 6)
-    t = args.max_iterations or 6
+    n = args.num_samples or (4 if args.quick else 8)
+    t = args.max_iterations or 27
     asha = args.asha_samples or max(n, round(n * t / asha_expected_iterations(t, args.grace_period, args.reduction_factor)))
     return Plan(seeds=args.pick_repeats(quick=1, full=3), num_samples=n, max_iterations=t, asha_samples=asha)
 
@@ -165,7 +167,7 @@ def run_job(manager, body: dict[str, Any], timeout_s: float) -> dict[str, Any]:
 
 
 def measure(args: TuneArgs, plan: Plan, manager, work: Path) -> list[dict[str, Any]]:
-    digits = _make_digits(work)
+    digits = _make_digits(work, args.val_fraction)
     rows = []
     for seed in range(plan.seeds):
         # Rotate the order per seed, so a method is not always the one run on a warmer (or busier) machine.
@@ -208,12 +210,12 @@ def job_metrics(results: dict[str, Any], start: float, budget: int, target: floa
     }
 
 
-def _make_digits(work: Path) -> Path:
+def _make_digits(work: Path, val_fraction: float) -> Path:
     from raytron.datasets.sources import SourceConfig
     from raytron.datasets.writer import BuildConfig, build_shards
 
     out = work / "digits"
-    build_shards(BuildConfig(source=SourceConfig(spec="digits"), out_dir=out, progress=False))
+    build_shards(BuildConfig(source=SourceConfig(spec="digits"), out_dir=out, val_fraction=val_fraction, progress=False))
     return out
 
 
@@ -272,7 +274,8 @@ def report(args: TuneArgs, plan: Plan, rows: list[dict[str, Any]]) -> int:
 def _notes(args: TuneArgs, plan: Plan, ok: dict[str, list[dict[str, Any]]], ratios: dict[str, float | None]) -> list[str]:
     spent = {m: statistics.median(r["total_iterations"] for r in runs) for m, runs in ok.items() if runs}
     notes = [
-        f"digits shards, mlp recipe (hidden {args.hidden}), SGD, batch {args.batch_size}; lr loguniform [1e-4, 0.3], momentum uniform [0, 0.95]; "
+        f"digits shards, mlp recipe (hidden {args.hidden}), SGD, batch {args.batch_size}; search space {json.dumps(SEARCH_SPACE)}; "
+        f"val split {args.val_fraction:g} of the digits; "
         f"{plan.seeds} seed(s) per method (tune.seed, the same for every method of a seed); "
         f"{args.iteration_steps} steps per iteration, at most {plan.max_iterations} iterations per trial, "
         f"{int(args.head_cpus // args.cpus_per_trial)} trials at once ({args.cpus_per_trial:g} CPU each on a {args.head_cpus}-CPU embedded head).",

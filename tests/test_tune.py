@@ -139,6 +139,30 @@ def test_a_resumed_optimizer_takes_the_specs_hyperparameters():
     assert opt2.param_groups[0]["lr"] == pytest.approx(0.01 * lr_schedule(new_t, 60)(6))
 
 
+def test_pbt_perturbations_stay_inside_the_search_space():
+    """Ray's PBT scales a value by 0.8/1.2 whatever its bounds; momentum 0.95 * 1.2 would fail the trial."""
+    import random
+
+    from ray.tune.schedulers.pbt import _explore
+
+    from raytron.trainers.tune import build_scheduler
+
+    spec = parse_spec(spec_dict(tune={"search_space": {"optimizer.lr": {"loguniform": [1e-4, 0.5]}, "optimizer.momentum": {"uniform": [0.0, 0.95]},
+                                                       "global_batch_size": {"randint": [16, 65]}, "optimizer.name": {"choice": ["sgd", "adamw"]}},
+                                      "scheduler": {"name": "pbt", "resample_probability": 0.0}}))
+    pbt = build_scheduler(spec)
+    random.seed(0)
+    config = {"optimizer.lr": 0.45, "optimizer.momentum": 0.93, "global_batch_size": 60, "optimizer.name": "sgd"}
+    seen = set()
+    for _ in range(200):
+        config, _ = _explore(config, pbt._hyperparam_mutations, pbt._resample_probability, pbt._perturbation_factors, pbt._custom_explore_fn)
+        assert 1e-4 <= config["optimizer.lr"] <= 0.5 and 0.0 <= config["optimizer.momentum"] <= 0.95, config
+        assert isinstance(config["global_batch_size"], int) and 16 <= config["global_batch_size"] <= 64, config
+        seen.add(config["optimizer.name"])
+        spec.trial_spec(config, "ab12c_00000")  # every explored config is a valid train spec
+    assert seen == {"sgd", "adamw"}  # a choice moves along its list, never multiplied
+
+
 # ----------------------------------------------------------------------------- slow: real Ray Tune
 
 
@@ -218,3 +242,21 @@ def test_an_interrupted_tune_run_continues_when_submitted_again(head, digits, tm
         # Continued, not restarted: no iteration reported twice, none skipped.
         assert its == list(range(1, 21)), (trial["trial_id"], its)
     assert len(before) < sum(len(t["history"]) for t in res["trials"])
+
+
+@pytest.mark.slow
+def test_a_trial_can_train_on_several_workers(head, digits, tmp_path):
+    """Two trials of two DDP workers each (rank 0 in the trial, rank 1 an actor in its placement group)."""
+    data = spec_dict(digits, steps=40, tune={"scheduler": {"name": "fifo"}, "num_samples": 2, "max_concurrent_trials": 1,
+                                             "search_space": {"optimizer.lr": {"grid": [0.05, 0.01]}}})
+    data["resources"] = {"num_workers": 2, "cpus_per_worker": 1}
+    spec = write(tmp_path, data, "wide")
+    run = head.cli("submit", str(spec), "--wait", timeout_s=600)
+    assert run.returncode == 0, run.output[-5000:]
+    res = results(tmp_path, "wide")
+    assert len(res["trials"]) == 4 and all(t["status"] == "TERMINATED" and t["iterations"] == 2 for t in res["trials"]), res["trials"]
+    assert "2 worker(s) x 1 CPU per trial" in run.stdout
+    for trial in res["trials"]:
+        run_dir = tmp_path / "runs" / "wide" / "trials" / f"wide-{trial['trial_id'].replace('_', '-')}"
+        metas = sorted((run_dir / "checkpoints").glob("step-*/meta.json"))
+        assert metas and json.loads(metas[-1].read_text())["world_size"] == 2, metas

@@ -18,6 +18,7 @@ which saves the experiment state before exiting.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import signal
@@ -29,7 +30,7 @@ from raytron.cluster.storage import write_json_atomic
 from raytron.trainers.errors import TrainError
 from raytron.trainers.tune_spec import TuneJobSpec
 
-__all__ = ["run_tune_job", "TuneError", "build_param_space", "build_scheduler"]
+__all__ = ["run_tune_job", "TuneError", "build_param_space", "build_scheduler", "within_bounds"]
 
 _EXPERIMENT = "search"
 
@@ -58,6 +59,38 @@ def _domain(dist: dict[str, Any]):
     return tune.grid_search(arg)
 
 
+def _mutation(dist: dict[str, Any]):
+    # A choice mutates by moving to a neighbouring value of its list (Ray's PBT does that for lists);
+    # handed over as a Domain it would be multiplied by 0.8/1.2 like a number.
+    name, arg = next(iter(dist.items()))
+    return list(arg) if name == "choice" else _domain(dist)
+
+
+def _bounds(mutations: dict[str, dict[str, Any]]) -> dict[str, tuple[float, float, bool]]:
+    out = {}
+    for path, dist in mutations.items():
+        name, arg = next(iter(dist.items()))
+        if name in ("uniform", "loguniform"):
+            out[path] = (float(arg[0]), float(arg[1]), False)
+        elif name == "randint":
+            out[path] = (int(arg[0]), int(arg[1]) - 1, True)  # high is excluded
+    return out
+
+
+def within_bounds(config: dict[str, Any], bounds: dict[str, tuple[float, float, bool]]) -> dict[str, Any]:
+    """PBT's explore step, second half: clip each perturbed value into its distribution's bounds.
+
+    Ray's PBT multiplies a continuous value by 0.8 or 1.2 with no regard for its distribution, so
+    `momentum: {uniform: [0, 0.95]}` can become 1.14 and fail the trial's validation (seen in the
+    tune bench); the search space is the contract, so a perturbation stops at its edge.
+    """
+    for path, (low, high, integer) in bounds.items():
+        if path in config and isinstance(config[path], (int, float)):
+            value = min(max(config[path], low), high)
+            config[path] = int(round(value)) if integer else float(value)
+    return config
+
+
 def build_scheduler(spec: TuneJobSpec):
     """The Tune scheduler named by `tune.scheduler` (None for fifo)."""
     s, tc = spec.tune.scheduler, spec.tune
@@ -69,7 +102,8 @@ def build_scheduler(spec: TuneJobSpec):
 
             return PopulationBasedTraining(time_attr="training_iteration", perturbation_interval=s.perturbation_interval, quantile_fraction=s.quantile_fraction,
                                            resample_probability=s.resample_probability, synch=s.synch,
-                                           hyperparam_mutations={p: _domain(d) for p, d in mutations.items() if "grid" not in d}, **common)
+                                           hyperparam_mutations={p: _mutation(d) for p, d in mutations.items() if "grid" not in d},
+                                           custom_explore_fn=functools.partial(within_bounds, bounds=_bounds(mutations)), **common)
         from ray.tune.schedulers.pb2 import PB2
 
         bounds = {p: next(iter(d.values())) for p, d in mutations.items() if next(iter(d)) in ("uniform", "loguniform")}
@@ -128,7 +162,7 @@ def run_tune_job(spec: TuneJobSpec, ctx: JobContext) -> dict[str, Any]:
             trainable, param_space=build_param_space(spec), run_config=run_config,
             tune_config=tune.TuneConfig(
                 metric=tc.metric, mode=tc.mode, scheduler=build_scheduler(spec), num_samples=tc.num_samples,
-                max_concurrent_trials=tc.max_concurrent_trials, time_budget_s=tc.time_budget_s,
+                max_concurrent_trials=tc.max_concurrent_trials, time_budget_s=tc.time_budget_s, reuse_actors=tc.reuse_actors,
                 search_alg=BasicVariantGenerator(random_state=tc.seed, max_concurrent=tc.max_concurrent_trials or 0),
             ),
         )

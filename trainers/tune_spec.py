@@ -111,6 +111,10 @@ class TuneConfig(SpecModel):
     """Seed of the search-space sampling (None: a different search every run)."""
     table_every_s: float = Field(10.0, gt=0)
     """How often the console table is printed while trials run."""
+    reuse_actors: bool = True
+    """Run the next trial in a finished or paused trial's process instead of starting a new one.
+    Saves the process start and imports (seconds) at every PBT pause and every new ASHA trial;
+    turn it off to give each trial a fresh process (e.g. to rule out state leaking between trials)."""
 
 
 class TuneJobSpec(JobSpec):
