@@ -56,6 +56,9 @@ bench: venv
 	$(BIN)/raytron bench data
 	$(BIN)/raytron bench ddp
 	$(BIN)/raytron bench serving
+	$(BIN)/raytron bench tune
+	$(BIN)/raytron bench rl
+	$(BIN)/raytron bench autoscale
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

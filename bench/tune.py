@@ -57,6 +57,8 @@ class TuneArgs(BenchArgs):
     iteration_steps: int = option(10, "SGD steps per Tune iteration (each ends in an evaluation on the val split).")
     asha_samples: int | None = option(None, "ASHA's trials (default: as many as make its expected iterations equal random search's).")
     perturbation_interval: int = option(3, "PBT: iterations between exploit/explore decisions.")
+    pbt_population: int | None = option(None, "PBT: trials in the population (default: num_samples); each trains budget / population iterations.")
+    quantile_fraction: float = option(0.25, "PBT: the bottom fraction copies the top fraction (0.5 for a population of 2).")
     grace_period: int = option(1, "ASHA: iterations before a trial can be stopped.")
     reduction_factor: float = option(3.0, "ASHA: 1/reduction_factor of the trials go on at each rung.")
     target_accuracy: float = option(0.97, "Validation accuracy whose first reaching is timed.")
@@ -76,6 +78,12 @@ class Plan:
     num_samples: int
     max_iterations: int
     asha_samples: int
+    pbt_population: int
+
+    @property
+    def pbt_iterations(self) -> int:
+        """Iterations of each PBT trial: the budget shared by the population."""
+        return self.budget_iterations // self.pbt_population
 
     @property
     def budget_iterations(self) -> int:
@@ -107,7 +115,8 @@ def make_plan(args: TuneArgs) -> Plan:
     n = args.num_samples or (4 if args.quick else 8)
     t = args.max_iterations or 27
     asha = args.asha_samples or max(n, round(n * t / asha_expected_iterations(t, args.grace_period, args.reduction_factor)))
-    return Plan(seeds=args.pick_repeats(quick=1, full=3), num_samples=n, max_iterations=t, asha_samples=asha)
+    return Plan(seeds=args.pick_repeats(quick=1, full=3), num_samples=n, max_iterations=t, asha_samples=asha,
+                pbt_population=args.pbt_population or n)
 
 
 # --------------------------------------------------------------------------- running the jobs
@@ -119,7 +128,7 @@ def tune_spec_body(args: TuneArgs, plan: Plan, method: str, seed: int, digits: P
         "random": {"name": "fifo"},
         # Asynchronous PBT: with fewer slots than trials, a trial at a perturbation point is paused
         # while others are pending, so the whole population takes turns and is compared together.
-        "pbt": {"name": "pbt", "perturbation_interval": args.perturbation_interval},
+        "pbt": {"name": "pbt", "perturbation_interval": args.perturbation_interval, "quantile_fraction": args.quantile_fraction},
         "asha": {"name": "asha", "grace_period": args.grace_period, "reduction_factor": args.reduction_factor},
     }[method]
     return {
@@ -130,11 +139,11 @@ def tune_spec_body(args: TuneArgs, plan: Plan, method: str, seed: int, digits: P
             "model": {"recipe": "mlp", "args": {"hidden": args.hidden}},
             "data": {"manifest": str(digits), "shuffle_buffer": 500},
             "optimizer": {"name": "sgd", "lr": 0.01},  # replaced by every trial's draw
-            "steps": plan.max_iterations * args.iteration_steps, "global_batch_size": args.batch_size,
+            "steps": (plan.pbt_iterations if method == "pbt" else plan.max_iterations) * args.iteration_steps, "global_batch_size": args.batch_size,
             "log_every_steps": args.iteration_steps,
         },
         "tune": {
-            "search_space": SEARCH_SPACE, "num_samples": plan.asha_samples if method == "asha" else plan.num_samples,
+            "search_space": SEARCH_SPACE, "num_samples": {"asha": plan.asha_samples, "pbt": plan.pbt_population}.get(method, plan.num_samples),
             "metric": "val_accuracy", "mode": "max", "iteration_steps": args.iteration_steps, "seed": seed,
             # No max_concurrent_trials: Tune's variant generator counts a paused trial as running, so
             # a limit below num_samples would shrink PBT's population to the trials running at once.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from raytron.cluster.errors import RaytronError
 
-__all__ = ["ServingError", "ModelRepositoryError", "ExportError", "ParityError", "ReplicaError", "GatewayError"]
+__all__ = ["ServingError", "ModelRepositoryError", "ExportError", "ParityError", "ReplicaError", "GatewayError", "AutoscaleError", "AutoscaleConfigError", "K8sError", "K8sConfigError"]
 
 
 class ServingError(RaytronError):
@@ -35,5 +35,25 @@ class ReplicaError(ServingError):
 
 class GatewayError(ServingError):
     """The gateway could not start (bad address, certificate, or repository)."""
+
+    exit_code = 2
+
+
+class AutoscaleError(ServingError):
+    """The autoscaler cannot observe or scale its replicas (no cluster, API refused, metrics unreachable)."""
+
+
+class AutoscaleConfigError(AutoscaleError):
+    """An autoscale setting is invalid (bounds, targets, windows, scaling policies)."""
+
+    exit_code = 2
+
+
+class K8sError(ServingError):
+    """Rendering or applying the k8s/ manifests failed (kubectl missing, kustomize failed, no cluster, the API server refused)."""
+
+
+class K8sConfigError(K8sError):
+    """A `raytron k8s` option or the manifests directory is invalid."""
 
     exit_code = 2

@@ -7,6 +7,11 @@ found its replica UNAVAILABLE on another one within the caller's deadline, and r
 itself with Triton's own status code and message (`raytron.serving.validation`). ModelInfer is
 forwarded as raw bytes both ways.
 
+Discovery: besides fixed `replicas`, `replicas_dns` names a DNS name whose every address is a replica
+(in Kubernetes, the Triton headless Service, whose answer lists the ready pods). It is resolved every
+`dns_refresh_s`; addresses that appear join the pool (and the rotation at their first good probe),
+addresses that disappear are drained and removed. A failed lookup keeps the pool as it was.
+
 Security: an optional bearer token (`authorization: Bearer <token>` metadata, compared in constant
 time) guards every `inference.GRPCInferenceService` method. The standard `grpc.health.v1.Health`
 service answers without it, so that Kubernetes gRPC probes (which cannot send headers) work; it
@@ -28,7 +33,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import socket
 import threading
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -44,7 +51,7 @@ from raytron.serving.errors import GatewayError, ModelRepositoryError
 from raytron.serving.gateway_metrics import GatewayMetrics
 from raytron.serving.model_catalog import ModelCatalog
 
-__all__ = ["GatewayConfig", "Gateway", "GatewayThread", "ReplicaStatus", "MAX_MESSAGE_BYTES"]
+__all__ = ["GatewayConfig", "Gateway", "GatewayThread", "ReplicaStatus", "MAX_MESSAGE_BYTES", "resolve_addresses"]
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +62,27 @@ _MAX_METADATA_BYTES = 4 << 20
 # Model states that do not take a live replica out of rotation (see Gateway._probe); "" is a model never loaded.
 _IN_TRANSITION = frozenset({"READY", "LOADING", "UNLOADING", ""})
 _COMPRESSION = {"none": grpc.Compression.NoCompression, "gzip": grpc.Compression.Gzip, "deflate": grpc.Compression.Deflate}
+_DNS_FAMILIES = {"ipv4": socket.AF_INET, "ipv6": socket.AF_INET6, "any": socket.AF_UNSPEC}
+# getaddrinfo's "this name has no addresses" answers: a headless Service with no ready pod answers so.
+_NO_ADDRESSES = {socket.EAI_NONAME, getattr(socket, "EAI_NODATA", socket.EAI_NONAME)}
+
+#: Resolves (host, port, family) to IP addresses; `resolve_addresses` by default, injectable for tests.
+Resolver = Callable[[str, int, str], Iterable[str]]
+
+
+def resolve_addresses(host: str, port: int, family: str = "ipv4") -> list[str]:
+    """Every address `host` resolves to (getaddrinfo, `family` one of ipv4, ipv6, any), sorted; [] when it has none.
+
+    Raises:
+        OSError: the lookup itself failed (resolver unreachable, timeout): the caller keeps what it had.
+    """
+    try:
+        infos = socket.getaddrinfo(host, port, family=_DNS_FAMILIES[family], type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        if exc.errno in _NO_ADDRESSES:
+            return []
+        raise
+    return sorted({info[4][0] for info in infos})
 
 
 def _join(host: str, port: int) -> str:
@@ -83,6 +111,13 @@ class GatewayConfig:
     """gRPC port; 0 picks a free one (read it back from `Gateway.port`)."""
     replicas: tuple[str, ...] = ()
     """Triton replicas' gRPC addresses, HOST:PORT; more can be added later with `Gateway.add_replica`."""
+    replicas_dns: str | None = None
+    """HOST:PORT of a DNS name whose every address is a replica on PORT (Kubernetes: the Triton headless Service,
+    e.g. triton-headless.raytron.svc:8001); re-resolved every `dns_refresh_s`. None: only `replicas`."""
+    dns_refresh_s: float = 5.0
+    """Seconds between resolutions of `replicas_dns`."""
+    dns_family: str = "ipv4"
+    """Addresses `replicas_dns` contributes: ipv4 (Triton listens on 0.0.0.0 by default), ipv6, or any."""
     token: str | None = None
     """Bearer token clients must send as `authorization: Bearer <token>`; None accepts every client."""
     tls_cert_path: Path | None = None
@@ -134,6 +169,12 @@ class GatewayConfig:
                 bad(f"replicas[{i}]", address, problem)
         if len(set(replicas)) != len(replicas):
             bad("replicas", list(replicas), "lists a replica twice")
+        if self.replicas_dns is not None and _address_problem(self.replicas_dns):
+            bad("replicas_dns", self.replicas_dns, f"{_address_problem(self.replicas_dns)}, or None")
+        if isinstance(self.dns_refresh_s, bool) or not isinstance(self.dns_refresh_s, (int, float)) or not self.dns_refresh_s > 0:
+            bad("dns_refresh_s", self.dns_refresh_s, "must be a number of seconds > 0")
+        if self.dns_family not in _DNS_FAMILIES:
+            bad("dns_family", self.dns_family, f"must be one of {', '.join(_DNS_FAMILIES)}")
         if self.token is not None and (not isinstance(self.token, str) or not self.token
                                        or any(not (0x21 <= ord(c) <= 0x7E) for c in self.token)):
             problems.append("`token`: must be None or a non-empty string of printable ASCII without spaces (gRPC metadata values)")
@@ -194,6 +235,7 @@ class Gateway:
 
     Args:
         config: the validated configuration.
+        resolver: resolves `config.replicas_dns` (default `resolve_addresses`; it blocks, so it runs in the loop's executor).
 
     Example:
         >>> gateway = Gateway(GatewayConfig(replicas=["127.0.0.1:8001"]))
@@ -202,8 +244,13 @@ class Gateway:
         >>> await gateway.stop(grace_s=5)
     """
 
-    def __init__(self, config: GatewayConfig):
+    def __init__(self, config: GatewayConfig, *, resolver: Resolver = resolve_addresses):
         self.config = config
+        self.resolver = resolver
+        # Replicas that `replicas_dns` added, and so may remove: fixed `replicas` are never removed by DNS.
+        self._dns_members: set[str] = set()
+        self._dns_empty = False  # to warn once when the answer becomes empty, not at every refresh
+        self._dns_task: asyncio.Task | None = None
         self.pool = ReplicaPool(self._channel)
         self.catalog = ModelCatalog(config.production_repo)
         self.metrics = GatewayMetrics(self.pool)
@@ -256,7 +303,11 @@ class Gateway:
         for address in config.replicas:
             self.pool.add(address)
         try:
+            if config.replicas_dns is not None:
+                await self.sync_dns(probe=False)  # the first answer joins the start-up probe below
             await self._start_serving(credentials)
+            if config.replicas_dns is not None:
+                self._dns_task = asyncio.ensure_future(self._discover())
         except BaseException:
             for slot in list(self.pool):
                 self.pool.remove(slot.address)
@@ -310,6 +361,10 @@ class Gateway:
         running, self._running = self._running, None
         if running is None:
             return
+        dns_task, self._dns_task = self._dns_task, None
+        if dns_task is not None:  # first, so that no replica joins while the others close
+            dns_task.cancel()
+            await asyncio.gather(dns_task, return_exceptions=True)
         running.health_task.cancel()
         await running.server.stop(grace_s)
         if running.metrics_http is not None:
@@ -357,6 +412,48 @@ class Gateway:
             await asyncio.sleep(0.01)
         await slot.channel.close()
 
+    async def sync_dns(self, *, probe: bool = True) -> tuple[list[str], list[str]]:
+        """Resolve `replicas_dns` once: add the addresses that appeared, drain and remove those that disappeared.
+
+        One step of discovery (the gateway runs it every `dns_refresh_s`; tests call it directly). A
+        failed lookup changes nothing. Removals drain concurrently, each for up to 5 s (`remove_replica`).
+
+        Args:
+            probe: probe added replicas at once (False at start-up, where the first health step probes all).
+
+        Returns:
+            (added, removed) addresses, sorted.
+        """
+        if self.config.replicas_dns is None:
+            return [], []
+        host, _, port_text = self.config.replicas_dns.rpartition(":")
+        host, port = host.strip("[]"), int(port_text)
+        loop = asyncio.get_running_loop()
+        try:
+            found = await loop.run_in_executor(None, self.resolver, host, port, self.config.dns_family)
+        except OSError as exc:
+            log.warning("resolving %s failed (%s); keeping the %d replica(s) it gave before", self.config.replicas_dns, exc,
+                        len(self._dns_members))
+            return [], []
+        wanted = {_join(ip, port) for ip in found}
+        added = sorted(a for a in wanted - self._dns_members if self.pool.get(a) is None)
+        removed = sorted(self._dns_members - wanted)
+        for address in added:
+            self._dns_members.add(address)
+            if probe:
+                await self.add_replica(address)
+            else:
+                self.pool.add(address)
+        self._dns_members -= set(removed)
+        await asyncio.gather(*(self._remove_quietly(a) for a in removed))
+        if added or removed:
+            log.info("%s: %d replica(s) (added %s; removed %s)", self.config.replicas_dns, len(self._dns_members),
+                     ", ".join(added) or "none", ", ".join(removed) or "none")
+        if not wanted and not self._dns_empty:
+            log.warning("%s resolves to no address: no replica is ready behind it", self.config.replicas_dns)
+        self._dns_empty = not wanted
+        return added, removed
+
     async def refresh_models(self) -> None:
         """Reload the model catalog from a ready replica (one refresh at a time; concurrent callers share it)."""
         if self._refreshing is None or self._refreshing.done():
@@ -364,6 +461,20 @@ class Gateway:
         await asyncio.shield(self._refreshing)
 
     # -- internals ---------------------------------------------------------------------------------------------------
+
+    async def _discover(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.dns_refresh_s)
+            try:
+                await self.sync_dns()
+            except Exception:  # noqa: BLE001 - a bad answer must not end discovery
+                log.exception("replica discovery through %s failed", self.config.replicas_dns)
+
+    async def _remove_quietly(self, address: str) -> None:
+        try:
+            await self.remove_replica(address)
+        except GatewayError:
+            pass  # removed meanwhile through `remove_replica`
 
     def _channel(self, address: str):
         backoff_ms = int(min(1.0, self.config.health_interval_s) * 1000)
@@ -473,15 +584,17 @@ class GatewayThread:
     Args:
         config: the gateway's configuration.
         start_timeout_s: how long `start` waits for the gateway to serve.
+        resolver: resolves `config.replicas_dns` (see `Gateway`).
 
     Example:
         >>> with GatewayThread(GatewayConfig(replicas=[replica.address])) as gateway:
         ...     tritonclient.grpc.InferenceServerClient(gateway.address).is_server_ready()
     """
 
-    def __init__(self, config: GatewayConfig, *, start_timeout_s: float = 60.0):
+    def __init__(self, config: GatewayConfig, *, start_timeout_s: float = 60.0, resolver: Resolver = resolve_addresses):
         self.config = config
         self.start_timeout_s = start_timeout_s
+        self.resolver = resolver
         self.gateway: Gateway | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -493,7 +606,7 @@ class GatewayThread:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="raytron-gateway", daemon=True)
         self._thread.start()
-        self.gateway = Gateway(self.config)
+        self.gateway = Gateway(self.config, resolver=self.resolver)
         try:
             self.run(self.gateway.start(), timeout_s=self.start_timeout_s)
         except BaseException:

@@ -222,6 +222,9 @@ class Replica:
 
     def stop(self, timeout_s: float = 10.0) -> None:
         """SIGTERM (Triton finishes in-flight requests), then SIGKILL of the whole process group."""
+        # Named while the server is up: once it has exited its stubs are no longer its children, and
+        # the group's SIGKILL below may catch a stub before it removed its region.
+        regions = _shm_regions(self.process.pid) if self.alive() else []
         if self.alive():
             self.terminate()
             try:
@@ -229,6 +232,7 @@ class Replica:
             except subprocess.TimeoutExpired:
                 pass
         self.kill()
+        _remove_regions(regions)
 
     def kill(self) -> None:
         """SIGKILL the server and its stubs at once (a crash, as far as clients can tell).
@@ -243,9 +247,13 @@ class Replica:
             self.process.wait(timeout=10)
         except subprocess.TimeoutExpired:
             pass
-        for name in regions:
-            for path in Path("/dev/shm").glob(f"{name}*"):
-                path.unlink(missing_ok=True)
+        _remove_regions(regions)
+
+
+def _remove_regions(names: list[str]) -> None:
+    for name in names:
+        for path in Path("/dev/shm").glob(f"{name}*"):
+            path.unlink(missing_ok=True)
 
 
 def _shm_regions(pid: int) -> list[str]:

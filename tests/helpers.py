@@ -60,4 +60,14 @@ class Head:
     def cli(self, *args: str, timeout_s: float = 120, extra_env: dict[str, str] | None = None) -> CliResult:
         return run_cli(*args, env={**self.env, **(extra_env or {})}, timeout_s=timeout_s)
 
+    def wait_ended(self, submission_id: str, *, timeout_s: float, what: str | None = None) -> dict:
+        """Poll `raytron jobs --json` until the job is SUCCEEDED, FAILED or STOPPED; returns its record."""
+        import json
+
+        def ended():
+            record = next(r for r in json.loads(self.cli("jobs", "--json").stdout) if r["submission_id"] == submission_id)
+            return record if record["status"] in ("SUCCEEDED", "FAILED", "STOPPED") else None
+
+        return wait_for(ended, timeout_s=timeout_s, interval_s=1, what=what or f"{submission_id} ending")
+
 

@@ -12,7 +12,7 @@ import yaml
 
 from helpers import REPO, base_env, run_cli
 
-COMMANDS = ["up", "down", "status", "submit", "jobs", "logs", "stop", "export", "serve", "bench"]
+COMMANDS = ["up", "down", "status", "submit", "jobs", "logs", "stop", "export", "serve", "bench", "gateway", "autoscaler", "k8s"]
 # A port nothing listens on: if validation let a spec through, the command would fail to connect
 # with exit 1 and a connection message instead of exit 2 and the field.
 CLOSED = "http://127.0.0.1:9"

@@ -220,11 +220,7 @@ def test_killed_worker_restarts_from_the_deepspeed_checkpoint_and_finishes(head,
     wait_for(lambda: list_checkpoints(tmp_path / "runs" / "victim" / "checkpoints"), timeout_s=180, what="the first checkpoint of ds-victim-1")
     os.kill(int((pid_dir / "rank1.pid").read_text()), signal.SIGKILL)
 
-    def ended():
-        record = next(r for r in json.loads(head.cli("jobs", "--json").stdout) if r["submission_id"] == "ds-victim-1")
-        return record if record["status"] in ("SUCCEEDED", "FAILED", "STOPPED") else None
-
-    record = wait_for(ended, timeout_s=300, interval_s=1, what="ds-victim-1 ending after its worker was killed")
+    record = head.wait_ended("ds-victim-1", timeout_s=300, what="ds-victim-1 ending after its worker was killed")
     logs = head.cli("logs", "ds-victim-1").stdout
     assert record["status"] == "SUCCEEDED", logs[-3000:]
     assert "restarting all 2 workers from the last checkpoint" in logs and "resumed from step-000000" in logs, logs[-3000:]

@@ -186,11 +186,7 @@ def test_a_killed_rollout_worker_is_replaced_and_training_goes_on(head, tmp_path
     victim = json.loads(workers_file.read_text())["workers"][1]["pid"]
     os.kill(victim, signal.SIGKILL)
 
-    def ended():
-        record = next(r for r in json.loads(head.cli("jobs", "--json").stdout) if r["submission_id"] == "rl-victim-1")
-        return record if record["status"] in ("SUCCEEDED", "FAILED", "STOPPED") else None
-
-    record = wait_for(ended, timeout_s=240, interval_s=1, what="rl-victim-1 ending")
+    record = head.wait_ended("rl-victim-1", timeout_s=240, what="rl-victim-1 ending")
     logs = head.cli("logs", "rl-victim-1").stdout
     assert record["status"] == "SUCCEEDED", logs
     assert f"rollout worker 1 (pid {victim}) died" in logs and "replacing it (1 of at most 3)" in logs, logs
@@ -227,7 +223,7 @@ def test_a_resubmitted_run_resumes_from_its_checkpoint(head, tmp_path):
 
 @pytest.mark.slow
 def test_raytron_stop_checkpoints_the_last_iteration(head, tmp_path):
-    spec = write(tmp_path, "stopped", stop={"env_steps": 10_000_000}, checkpoint={"every_iterations": 1000})
+    spec = write(tmp_path, "stopped", stop={"env_steps": 10_000_000}, checkpoint={"every_iterations": 1000}, max_policy_lag=0)
     assert head.cli("submit", str(spec), "--id", "rl-stopped-1").returncode == 0
     metrics = run_dir(tmp_path, "stopped") / "metrics.jsonl"
     wait_for(lambda: metrics.is_file() and len(metrics.read_text().splitlines()) >= 3, timeout_s=120, what="rl-stopped-1's first iterations")
@@ -236,3 +232,4 @@ def test_raytron_stop_checkpoints_the_last_iteration(head, tmp_path):
     assert result["stop_reason"].startswith("stopped by SIGTERM"), result
     rows = metrics.read_text().splitlines()
     assert result["iterations"] == len(rows) and (run_dir(tmp_path, "stopped") / "checkpoints" / f"step-{len(rows):08d}").is_dir()
+    assert {json.loads(r)["policy_lag_max"] for r in rows} == {0}  # max_policy_lag 0: every batch from the newest policy

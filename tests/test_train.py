@@ -170,11 +170,7 @@ def test_killed_worker_restarts_from_checkpoint_and_finishes(head, digits, tmp_p
     wait_for(lambda: list_checkpoints(ckpts), timeout_s=120, what="the first checkpoint of victim-1")
     os.kill(int((pid_dir / "rank1.pid").read_text()), signal.SIGKILL)
 
-    def ended():
-        record = next(r for r in json.loads(head.cli("jobs", "--json").stdout) if r["submission_id"] == "victim-1")
-        return record if record["status"] in ("SUCCEEDED", "FAILED", "STOPPED") else None
-
-    record = wait_for(ended, timeout_s=240, interval_s=1, what="victim-1 ending after its worker was killed")
+    record = head.wait_ended("victim-1", timeout_s=240, what="victim-1 ending after its worker was killed")
     logs = head.cli("logs", "victim-1").stdout
     assert record["status"] == "SUCCEEDED", logs
     assert "restarting all 2 workers from the last checkpoint" in logs

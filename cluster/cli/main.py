@@ -8,6 +8,8 @@ import click
 import typer
 
 from raytron.cluster.cli import bench, data, down, export, jobs, logs, serve, status, stop, submit, up
+from raytron.cluster.cli import gateway, k8s
+from raytron.cluster.cli import autoscaler
 
 app = typer.Typer(
     name="raytron",
@@ -20,6 +22,9 @@ app = typer.Typer(
 for module in (up, down, status, submit, jobs, logs, stop, export, serve, bench):
     app.command(module.NAME, help=module.command.__doc__)(module.command)
 app.add_typer(data.app, name=data.NAME)
+app.add_typer(k8s.app, name=k8s.NAME)
+app.command(gateway.NAME, help=gateway.command.__doc__)(gateway.command)
+app.command(autoscaler.NAME, help=autoscaler.command.__doc__)(autoscaler.command)
 
 
 def main(argv: list[str] | None = None) -> int:
