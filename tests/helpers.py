@@ -46,6 +46,19 @@ def wait_for(condition, *, timeout_s: float, interval_s: float = 0.2, what: str 
         time.sleep(interval_s)
 
 
+def interrupt(proc: subprocess.Popen, *, timeout_s: float = 60) -> int:
+    """Ctrl-C a server the test started (SIGINT: it drains and stops), SIGKILL if it outlives `timeout_s`; its exit code."""
+    import signal
+
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+        try:
+            return proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    return proc.wait()
+
+
 def run_cli(*args: str, env: dict[str, str], timeout_s: float = 120, cwd: Path | None = None) -> CliResult:
     proc = subprocess.run([RAYTRON, *args], env=env, capture_output=True, text=True, timeout=timeout_s, cwd=cwd or REPO)
     return CliResult(proc.returncode, proc.stdout, proc.stderr)

@@ -5,7 +5,6 @@ every request succeeds while replicas join and drain, and the count comes back t
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
 import threading
 import time
@@ -15,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import RAYTRON, REPO, base_env, run_cli, wait_for
+from helpers import RAYTRON, REPO, base_env, interrupt, run_cli, wait_for
 from raytron.serving.triton import free_port
 
 pytestmark = [pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:DeprecationWarning")]
@@ -165,13 +164,7 @@ def test_step_load_scales_up_without_failures_and_back_down(exported_repo, tmp_p
         assert load.failures == [], load.failures[:5]
         assert requests > 0
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        interrupt(proc)
     text = log.read_text()
     assert proc.returncode == 0, text
     assert "raytron: autoscale 1 -> " in text and "drained and stopped" in text, text

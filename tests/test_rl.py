@@ -14,7 +14,7 @@ import pytest
 import torch
 import yaml
 
-from helpers import RAYTRON, REPO, base_env, wait_for
+from helpers import RAYTRON, REPO, base_env, interrupt, wait_for
 from raytron.cluster import SpecError, parse_spec
 from raytron.trainers.rl_ppo import gae
 from raytron.trainers.rl_rollout import RolloutWorker
@@ -159,13 +159,7 @@ def test_the_trained_policy_is_exported_served_and_balances_the_pole(solved, tmp
             returns.append(total)
         client.close()
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        interrupt(proc)
     assert np.mean(returns) >= 450, (returns, log.read_text()[-2000:])
 
 

@@ -4,7 +4,6 @@ behind the gateway, called with tritonclient; a killed replica is replaced; Ctrl
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
 from pathlib import Path
 
@@ -13,7 +12,7 @@ import psutil
 import pytest
 import torch
 
-from helpers import RAYTRON, REPO, base_env, wait_for
+from helpers import RAYTRON, REPO, base_env, interrupt, wait_for
 from raytron.datasets.manifest import Manifest
 from raytron.serving.export import export_checkpoint
 from raytron.serving.modelconfig import read_model_config
@@ -53,13 +52,7 @@ def _serve(repo: Path, tmp_path: Path, *args: str) -> tuple[subprocess.Popen, in
 
 
 def _stop(proc: subprocess.Popen) -> int:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGINT)
-        try:
-            return proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-    return proc.wait()
+    return interrupt(proc)
 
 
 def test_serve_answers_tritonclient_replaces_a_dead_replica_and_stops_cleanly(exported, tmp_path):
