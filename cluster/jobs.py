@@ -115,17 +115,21 @@ class JobManager:
         if not any(n.state == "ALIVE" for n in resources.nodes):
             return problems  # a cluster still starting (or scaling from zero): let Ray queue the job
         r = spec.resources
+        driver = dict(zip(("CPU", "GPU"), spec.entrypoint_resources()))  # what the job's own process holds (e.g. an RL learner)
         for attr, key, field_name in (("cpus", "CPU", "cpus_per_worker"), ("gpus", "GPU", "gpus_per_worker")):
             per_worker = getattr(r, field_name)
             largest = resources.largest_node(attr)
             total = resources.total.get(key, 0.0)
+            need = per_worker * r.num_workers + driver[key]
             if per_worker > largest:
                 problems.append(SpecProblem(
                     f"resources.{field_name}", f"no node of the cluster at {self.cluster.address} has that many {key}s (the largest has {largest:g}); lower it or add a bigger node", per_worker))
-            elif per_worker * r.num_workers > total:
+            elif need > total:
+                plus = f" + {driver[key]:g} {key} for the job's driver" if driver[key] else ""
                 problems.append(SpecProblem(
                     "resources.num_workers",
-                    f"{r.num_workers} workers x {per_worker:g} {key} = {per_worker * r.num_workers:g} {key}, but the cluster has {total:g} in all; lower `resources.num_workers` or `resources.{field_name}`",
+                    f"{r.num_workers} workers x {per_worker:g} {key}{plus} = {need:g} {key}, but the cluster has {total:g} in all; "
+                    f"lower `resources.num_workers` or `resources.{field_name}`",
                     r.num_workers))
         return problems
 

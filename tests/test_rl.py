@@ -227,3 +227,24 @@ def test_raytron_stop_checkpoints_the_last_iteration(head, tmp_path):
     rows = metrics.read_text().splitlines()
     assert result["iterations"] == len(rows) and (run_dir(tmp_path, "stopped") / "checkpoints" / f"step-{len(rows):08d}").is_dir()
     assert {json.loads(r)["policy_lag_max"] for r in rows} == {0}  # max_policy_lag 0: every batch from the newest policy
+
+
+@pytest.mark.slow
+def test_workers_the_cluster_cannot_place_fail_the_job_with_what_they_need(head, tmp_path):
+    # Refused at submission: 4 workers x 1 CPU + the learner's 1 CPU do not fit the 4-CPU head.
+    spec = write(tmp_path, "toobig", worker_start_timeout_s=3)
+    refused = head.cli("submit", str(spec), "--set", "resources.num_workers=4")
+    assert refused.returncode == 2, refused.output
+    assert "4 workers x 1 CPU + 1 CPU for the job's driver = 5 CPU, but the cluster has 4 in all" in " ".join(refused.stderr.split())
+    # Accepted, but another job holds the CPUs its workers need: it fails after the timeout, saying why.
+    hog = write(tmp_path, "hog", stop={"env_steps": 10_000_000})
+    assert head.cli("submit", str(hog), "--id", "rl-hog-1").returncode == 0
+    try:
+        metrics = run_dir(tmp_path, "hog") / "metrics.jsonl"
+        wait_for(lambda: metrics.is_file() and metrics.read_text(), timeout_s=120, what="rl-hog-1 training")
+        result = head.cli("submit", str(spec), "--wait", timeout_s=180)
+        assert result.returncode == 1, result.output
+        logs = " ".join(result.output.split())
+        assert "2 rollout worker(s) did not start within 3 s" in logs and "each needs 1 CPU; the cluster has 4 CPU (0 free)" in logs, result.output[-3000:]
+    finally:
+        head.cli("stop", "rl-hog-1", timeout_s=120)

@@ -92,8 +92,26 @@ class RolloutPool:
         self._created = seed_offset
         for i in range(spec.resources.num_workers):
             self.workers.append(self._new(i))
-        self.described = ray.get([w.describe.remote() for w in self.workers])
+        self.described = self._describe(self.workers)
         self._write()
+
+    def _describe(self, workers: list[Any]) -> list[dict[str, Any]]:
+        """Wait for the workers to start; a cluster without room for them fails the job instead of hanging."""
+        import ray
+
+        refs = [w.describe.remote() for w in workers]
+        timeout_s = self.spec.rl.worker_start_timeout_s
+        _, pending = ray.wait(refs, num_returns=len(refs), timeout=timeout_s)
+        if pending:
+            r, rl = self.spec.resources, self.spec.rl
+            total, free = ray.cluster_resources(), ray.available_resources()
+            raise RLError(
+                f"{len(pending)} of {len(refs)} rollout worker(s) did not start within {timeout_s:g} s (`rl.worker_start_timeout_s`): "
+                f"each needs {r.cpus_per_worker:g} CPU" + (f" and {r.gpus_per_worker:g} GPU" if r.gpus_per_worker else "")
+                + f"; the cluster has {total.get('CPU', 0):g} CPU ({free.get('CPU', 0):g} free) and the learner holds {rl.learner.cpus:g}. "
+                "Lower `resources.num_workers`, `resources.cpus_per_worker` or `rl.learner.cpus`, or give the cluster more CPUs "
+                "(`raytron up --num-cpus N`)")
+        return ray.get(refs)
 
     def _new(self, index: int):
         r = self.spec.resources
@@ -129,7 +147,7 @@ class RolloutPool:
                 print(f"raytron: rollout worker {index} (pid {self.described[index]['pid']}) died: {first_line(exc)}; "
                       f"replacing it ({self.restarts} of at most {self.spec.rl.max_worker_restarts})", flush=True)
                 self.workers[index] = self._new(index)
-                self.described[index] = ray.get(self.workers[index].describe.remote())
+                self.described[index] = self._describe([self.workers[index]])[0]
                 self._write()
                 pending[index] = self.workers[index].sample.remote(weights_ref, version)
         return fragments  # type: ignore[return-value]

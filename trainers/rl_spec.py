@@ -122,6 +122,9 @@ class RLConfig(SpecModel):
     """How often the progress line is printed."""
     max_worker_restarts: int = Field(3, ge=0, le=1000)
     """A dead rollout worker is replaced this many times in all before the job fails."""
+    worker_start_timeout_s: float = Field(120.0, gt=0)
+    """How long rollout workers may wait for the cluster's resources (an autoscaling cluster adds
+    nodes in minutes) before the job fails, naming what they need and what the cluster has."""
 
 
 class RLJobSpec(JobSpec):
