@@ -83,17 +83,11 @@ def _ready(address: str) -> bool:
         client.close()
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def run_target(name: str, args: AutoscaleArgs, model, work: Path, phases: list[list[float]]) -> dict[str, Any]:
     """Start `raytron serve` for `name`, run the step load against it, stop it; returns the raw measurements."""
-    port = _free_port()
+    from raytron.serving.triton import free_port
+
+    port = free_port()
     decisions = work / f"{name}-decisions.jsonl"
     cmd = [RAYTRON, "serve", str(model.repo), "--port", str(port)]
     if name == AUTOSCALE:
