@@ -163,6 +163,22 @@ def test_pbt_perturbations_stay_inside_the_search_space():
     assert seen == {"sgd", "adamw"}  # a choice moves along its list, never multiplied
 
 
+@pytest.mark.parametrize("tune,resources,cluster,fits", [
+    ({}, {"num_workers": 1, "cpus_per_worker": 1}, {"CPU": 4.0}, True),
+    ({}, {"num_workers": 1, "cpus_per_worker": 1}, {"CPU": 3.0}, False),
+    ({}, {"num_workers": 2, "cpus_per_worker": 0.5}, {"CPU": 4.0}, True),
+    ({"max_concurrent_trials": 2, "scheduler": {"name": "fifo"}}, {"num_workers": 1, "cpus_per_worker": 1}, {"CPU": 8.0}, False),
+    ({"search_space": {"optimizer.lr": {"grid": [0.1, 0.01]}}}, {"num_workers": 1, "cpus_per_worker": 1}, {"CPU": 4.0}, False),  # 4 x 2 trials
+    ({}, {"num_workers": 1, "cpus_per_worker": 1, "gpus_per_worker": 1}, {"CPU": 8.0, "GPU": 2.0}, False),
+])
+def test_population_fits_counts_every_trial_against_the_cluster(tune, resources, cluster, fits):
+    from raytron.trainers.tune import population_fits
+
+    data = spec_dict(tune=tune)
+    data["resources"] = resources
+    assert population_fits(parse_spec(data), cluster) is fits
+
+
 # ----------------------------------------------------------------------------- slow: real Ray Tune
 
 
@@ -200,6 +216,27 @@ def test_pbt_exploits_restore_the_donors_weights(head, digits, tmp_path):
     model.load_state_dict(load_file(str(Path(best["checkpoint"]) / "model.safetensors")))
     for name in ("val_accuracy.png", "loss.png"):
         assert (tmp_path / "runs" / "pbt" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.slow
+def test_asynchronous_pbt_pauses_only_the_trials_it_exploits_when_the_population_fits(head, digits, tmp_path):
+    # 4 trials of 1 CPU on the 4-CPU test head, a perturbation at every iteration. Tune's own PBT
+    # would also pause (and restart from their checkpoints) trials that reach a perturbation point
+    # while an exploited one is paused; a trial restarted from its own checkpoint logs "resumed".
+    spec = write(tmp_path, spec_dict(digits, steps=100, tune={"scheduler": {"name": "pbt", "perturbation_interval": 1, "quantile_fraction": 0.25}}), "apbt")
+    run = head.cli("submit", str(spec), "--wait", timeout_s=600)
+    assert run.returncode == 0, run.output[-5000:]
+    assert "the population runs at once" in run.stdout
+    res = results(tmp_path, "apbt")
+    assert len(res["trials"]) == 4 and all(t["status"] == "TERMINATED" for t in res["trials"]), res["trials"]
+    assert res["exploits"] and all(ex["weights_match"] for ex in res["exploits"]), res["exploits"]
+    rows = [json.loads(line) for line in (tmp_path / "runs" / "apbt" / "history.jsonl").read_text().splitlines()]
+    assert not [r for r in rows if r.get("event") == "resumed"], [r for r in rows if r.get("event")]
+    for t in res["trials"]:  # every trial reported every iteration up to the last, exploits or not
+        assert max(h["iteration"] for h in t["history"]) == 5, t["history"]
+    for ex in res["exploits"]:  # the result that ends a trial is no perturbation point
+        recipient = next(t for t in res["trials"] if t["trial_id"] == ex["recipient"])
+        assert max(h["iteration"] for h in recipient["history"] if h["time"] < ex["time"]) < 5, (ex, recipient["history"])
 
 
 @pytest.mark.slow

@@ -30,7 +30,7 @@ from raytron.cluster.storage import write_json_atomic
 from raytron.trainers.errors import TrainError
 from raytron.trainers.tune_spec import TuneJobSpec
 
-__all__ = ["run_tune_job", "TuneError", "build_param_space", "build_scheduler", "within_bounds"]
+__all__ = ["run_tune_job", "TuneError", "build_param_space", "build_scheduler", "population_fits", "within_bounds"]
 
 _EXPERIMENT = "search"
 
@@ -91,24 +91,44 @@ def within_bounds(config: dict[str, Any], bounds: dict[str, tuple[float, float, 
     return config
 
 
-def build_scheduler(spec: TuneJobSpec):
-    """The Tune scheduler named by `tune.scheduler` (None for fifo)."""
+def population_fits(spec: TuneJobSpec, cluster_resources: dict[str, float]) -> bool:
+    """Whether every trial of the search can run at once: within max_concurrent_trials and the cluster's CPUs and GPUs."""
+    r, tc = spec.resources, spec.tune
+    trials = tc.num_samples
+    for dist in tc.search_space.values():
+        if "grid" in dist:
+            trials *= len(dist["grid"])
+    if tc.max_concurrent_trials is not None and tc.max_concurrent_trials < trials:
+        return False
+    return (trials * r.num_workers * r.cpus_per_worker <= cluster_resources.get("CPU", 0.0) + 1e-9
+            and trials * r.num_workers * r.gpus_per_worker <= cluster_resources.get("GPU", 0.0) + 1e-9)
+
+
+def build_scheduler(spec: TuneJobSpec, cluster_resources: dict[str, float] | None = None):
+    """The Tune scheduler named by `tune.scheduler` (None for fifo).
+
+    `cluster_resources` (Ray's totals) tells PBT and PB2 whether the population runs at once, in
+    which case a trial is never paused just to yield (`raytron.trainers.tune_pbt`); None: unknown, so it yields.
+    """
     s, tc = spec.tune.scheduler, spec.tune
     common: dict[str, Any] = {}  # metric and mode come from TuneConfig (Tune refuses them twice)
     if s.name in ("pbt", "pb2"):
         mutations = s.hyperparam_mutations if s.hyperparam_mutations is not None else tc.search_space
+        yield_at_perturbation = cluster_resources is None or not population_fits(spec, cluster_resources)
         if s.name == "pbt":
-            from ray.tune.schedulers import PopulationBasedTraining
+            from raytron.trainers.tune_pbt import PopulationBasedTraining
 
-            return PopulationBasedTraining(time_attr="training_iteration", perturbation_interval=s.perturbation_interval, quantile_fraction=s.quantile_fraction,
-                                           resample_probability=s.resample_probability, synch=s.synch,
-                                           hyperparam_mutations={p: _mutation(d) for p, d in mutations.items() if "grid" not in d},
-                                           custom_explore_fn=functools.partial(within_bounds, bounds=_bounds(mutations)), **common)
-        from ray.tune.schedulers.pb2 import PB2
+            return PopulationBasedTraining(
+                time_attr="training_iteration", perturbation_interval=s.perturbation_interval, quantile_fraction=s.quantile_fraction,
+                resample_probability=s.resample_probability, synch=s.synch,
+                hyperparam_mutations={p: _mutation(d) for p, d in mutations.items() if "grid" not in d},
+                custom_explore_fn=functools.partial(within_bounds, bounds=_bounds(mutations)), yield_at_perturbation=yield_at_perturbation,
+                last_iteration=spec.max_iterations(), **common)
+        from raytron.trainers.tune_pbt import PB2
 
         bounds = {p: next(iter(d.values())) for p, d in mutations.items() if next(iter(d)) in ("uniform", "loguniform")}
-        return PB2(time_attr="training_iteration", perturbation_interval=s.perturbation_interval, quantile_fraction=s.quantile_fraction, synch=s.synch,
-                   hyperparam_bounds=bounds, **common)
+        return PB2(time_attr="training_iteration", perturbation_interval=s.perturbation_interval, quantile_fraction=s.quantile_fraction,
+                   synch=s.synch, hyperparam_bounds=bounds, yield_at_perturbation=yield_at_perturbation, last_iteration=spec.max_iterations(), **common)
     if s.name == "asha":
         from ray.tune.schedulers import ASHAScheduler
 
@@ -161,7 +181,7 @@ def run_tune_job(spec: TuneJobSpec, ctx: JobContext) -> dict[str, Any]:
         tuner = tune.Tuner(
             trainable, param_space=build_param_space(spec), run_config=run_config,
             tune_config=tune.TuneConfig(
-                metric=tc.metric, mode=tc.mode, scheduler=build_scheduler(spec), num_samples=tc.num_samples,
+                metric=tc.metric, mode=tc.mode, scheduler=build_scheduler(spec, ray.cluster_resources()), num_samples=tc.num_samples,
                 max_concurrent_trials=tc.max_concurrent_trials, time_budget_s=tc.time_budget_s, reuse_actors=tc.reuse_actors,
                 search_alg=BasicVariantGenerator(random_state=tc.seed, max_concurrent=tc.max_concurrent_trials or 0),
             ),
@@ -169,6 +189,11 @@ def run_tune_job(spec: TuneJobSpec, ctx: JobContext) -> dict[str, Any]:
         print(f"raytron: tuning {spec.name}: {tc.num_samples} sample(s) over {', '.join(tc.search_space) or 'no search space'}, "
               f"scheduler {tc.scheduler.name}, {tc.metric} ({tc.mode}), {tc.iteration_steps} steps per iteration, "
               f"{r.num_workers} worker(s) x {r.cpus_per_worker:g} CPU per trial", flush=True)
+        if tc.scheduler.name in ("pbt", "pb2"):
+            fits = population_fits(spec, ray.cluster_resources())
+            print("raytron: the population runs at once, so a trial pauses only when it is exploited" if fits else
+                  "raytron: the population does not fit the cluster at once (or max_concurrent_trials), so trials take turns: "
+                  "each pauses at a perturbation point while another waits", flush=True)
     grid = tuner.fit()
     results = collect_results(spec, grid, wall_s=time.time() - started)
     write_json_atomic(run_dir / "results.json", results)
