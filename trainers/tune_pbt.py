@@ -35,7 +35,7 @@ __all__ = ["PopulationBasedTraining", "PB2"]  # noqa: F822 (PB2 is made by __get
 
 
 class _Asynchronous:
-    """Mixed in before Tune's scheduler: the two changes of the module docstring."""
+    """Mixed in before Tune's scheduler: the three changes of the module docstring."""
 
     def __init__(self, *args: Any, yield_at_perturbation: bool = True, last_iteration: int | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
