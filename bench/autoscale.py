@@ -71,21 +71,9 @@ def _percentile(xs: list[float], q: float) -> float | None:
     return xs[lo] + (xs[hi] - xs[lo]) * (rank - lo)
 
 
-def _ready(address: str) -> bool:
-    import tritonclient.grpc as grpcclient
-
-    client = grpcclient.InferenceServerClient(address)
-    try:
-        return client.is_server_ready(client_timeout=2)
-    except Exception:  # noqa: BLE001 - not listening yet
-        return False
-    finally:
-        client.close()
-
-
 def run_target(name: str, args: AutoscaleArgs, model, work: Path, phases: list[list[float]]) -> dict[str, Any]:
     """Start `raytron serve` for `name`, run the step load against it, stop it; returns the raw measurements."""
-    from raytron.serving.triton import free_port
+    from raytron.serving.triton import free_port, server_ready
 
     port = free_port()
     decisions = work / f"{name}-decisions.jsonl"
@@ -101,7 +89,7 @@ def run_target(name: str, args: AutoscaleArgs, model, work: Path, phases: list[l
     address = f"127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + args.startup_timeout_s
-        while not _ready(address):
+        while not server_ready(address):
             if serve.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"raytron serve ({name}) did not become ready: {log_path.read_text()[-2000:]}")
             time.sleep(0.2)

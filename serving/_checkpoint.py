@@ -76,7 +76,6 @@ def load_for_export(path: str | Path, *, samples: int, manifest: str | None = No
     from raytron.datasets.errors import DataError
     from raytron.datasets.manifest import Manifest
     from raytron.datasets.reader import ReaderConfig, ShardLoader
-    from raytron.serving._repository import file_sha256
     from raytron.trainers.checkpoint import load_model_state
     from raytron.trainers.spec import ModelConfig
 
@@ -133,10 +132,7 @@ def load_for_export(path: str | Path, *, samples: int, manifest: str | None = No
     field, module, example, note = _model_input(model_config, recipe, shards, batch)
     count = int(example.shape[0])
     lineage = {
-        "kind": "checkpoint",
-        "run_dir": str(run_dir.resolve()) if run_dir else None,
-        "checkpoint": str(step_dir.resolve()),
-        "model_safetensors_sha256": file_sha256(step_dir / "model.safetensors"),
+        **checkpoint_lineage("checkpoint", step_dir, run_dir),
         "step": meta.get("step"),
         "epoch": meta.get("epoch"),
         "metrics": meta.get("metrics"),
@@ -147,6 +143,14 @@ def load_for_export(path: str | Path, *, samples: int, manifest: str | None = No
     }
     sample_source = {"kind": "shards", "manifest": shards.location, "split": split, "samples": count}
     return ExportSource(module=module, inputs={field: example}, output_names=[OUTPUT_NAME], lineage=lineage, sample_source=sample_source)
+
+
+def checkpoint_lineage(kind: str, step_dir: Path, run_dir: Path | None) -> dict[str, Any]:
+    """Where an exported model came from: the checkpoint kind, its run and folder, and its weights' hash."""
+    from raytron.serving._repository import file_sha256
+
+    return {"kind": kind, "run_dir": str(run_dir.resolve()) if run_dir else None, "checkpoint": str(step_dir.resolve()),
+            "model_safetensors_sha256": file_sha256(step_dir / "model.safetensors")}
 
 
 def _rebuild(model_config, shards, meta_path: Path):

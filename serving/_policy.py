@@ -57,8 +57,7 @@ class _Greedy(torch.nn.Module):
 
 def load_policy_for_export(step_dir: Path, run_dir: Path | None, meta: dict[str, Any], *, samples: int):
     """The checkpoint's policy output module, `samples` real observations, and its lineage."""
-    from raytron.serving._checkpoint import ExportSource
-    from raytron.serving._repository import file_sha256
+    from raytron.serving._checkpoint import ExportSource, checkpoint_lineage
     from raytron.trainers.checkpoint import load_model_state
     from raytron.trainers.rl_policy import build_policy
 
@@ -81,10 +80,7 @@ def load_policy_for_export(step_dir: Path, run_dir: Path | None, meta: dict[str,
         raise ExportError(f"cannot step {env.get('id')!r} for parity samples: {exc}; the exporter needs the run's environment installed") from None
     output = "logits" if policy.discrete else "action_mean"
     lineage = {
-        "kind": "rl-checkpoint",
-        "run_dir": str(run_dir.resolve()) if run_dir else None,
-        "checkpoint": str(step_dir.resolve()),
-        "model_safetensors_sha256": file_sha256(step_dir / "model.safetensors"),
+        **checkpoint_lineage("rl-checkpoint", step_dir, run_dir),
         "iteration": meta.get("iteration"),
         "env_steps": meta.get("env_steps"),
         "metrics": meta.get("metrics"),

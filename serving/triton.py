@@ -30,7 +30,7 @@ from pathlib import Path
 from raytron.serving.errors import ModelRepositoryError, ReplicaError
 from raytron.serving.modelconfig import PLATFORM_FILES, list_models, write_model_config
 
-__all__ = ["TritonInstall", "find_triton", "derive_python_repository", "ReplicaConfig", "Replica", "start_replica", "free_port", "make_work_dir", "remove_work_dir"]
+__all__ = ["TritonInstall", "find_triton", "derive_python_repository", "ReplicaConfig", "Replica", "start_replica", "free_port", "server_ready", "make_work_dir", "remove_work_dir"]
 
 _RUNNER = Path(__file__).with_name("_triton_runner.py")
 
@@ -136,6 +136,19 @@ def derive_python_repository(repo: str | Path, out_dir: str | Path, *, threads_p
                     link.unlink()
                 link.symlink_to(src)
     return out
+
+
+def server_ready(address: str, timeout_s: float = 2.0) -> bool:
+    """Whether a KServe v2 gRPC server (Triton, the gateway, `raytron serve`) at `address` answers ServerReady; False when not listening yet."""
+    import tritonclient.grpc as grpcclient
+
+    client = grpcclient.InferenceServerClient(address)
+    try:
+        return client.is_server_ready(client_timeout=timeout_s)
+    except Exception:  # noqa: BLE001 - not listening yet, or starting
+        return False
+    finally:
+        client.close()
 
 
 def free_port(host: str = "127.0.0.1") -> int:

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from helpers import RAYTRON, REPO, base_env, interrupt, run_cli, wait_for
-from raytron.serving.triton import free_port
+from raytron.serving.triton import free_port, server_ready
 
 pytestmark = [pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:DeprecationWarning")]
 
@@ -116,18 +116,6 @@ def _records(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def _ready(address: str) -> bool:
-    import tritonclient.grpc as grpcclient
-
-    client = grpcclient.InferenceServerClient(address)
-    try:
-        return client.is_server_ready(client_timeout=2)
-    except Exception:  # noqa: BLE001 - not listening yet
-        return False
-    finally:
-        client.close()
-
-
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_step_load_scales_up_without_failures_and_back_down(exported_repo, tmp_path):
@@ -141,7 +129,7 @@ def test_step_load_scales_up_without_failures_and_back_down(exported_repo, tmp_p
                             env=base_env(tmp_path / "home"), cwd=REPO, stdout=subprocess.DEVNULL, stderr=open(log, "w"), start_new_session=True)
     address = f"127.0.0.1:{port}"
     try:
-        wait_for(lambda: _ready(address), timeout_s=120, what="raytron serve becoming ready")
+        wait_for(lambda: server_ready(address), timeout_s=120, what="raytron serve becoming ready")
         with StepLoad(address, 16, max_requests=200_000) as load:
             load.active = 1
             wait_for(lambda: len(_records(decisions)) >= 4, timeout_s=30, what="autoscale decisions at 1 client")

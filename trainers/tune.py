@@ -178,10 +178,11 @@ def run_tune_job(spec: TuneJobSpec, ctx: JobContext) -> dict[str, Any]:
         write_json_atomic(spec_file, ours)
         from ray.tune.search.basic_variant import BasicVariantGenerator
 
+        cluster = ray.cluster_resources()  # whether PBT's population runs at once
         tuner = tune.Tuner(
             trainable, param_space=build_param_space(spec), run_config=run_config,
             tune_config=tune.TuneConfig(
-                metric=tc.metric, mode=tc.mode, scheduler=build_scheduler(spec, ray.cluster_resources()), num_samples=tc.num_samples,
+                metric=tc.metric, mode=tc.mode, scheduler=build_scheduler(spec, cluster), num_samples=tc.num_samples,
                 max_concurrent_trials=tc.max_concurrent_trials, time_budget_s=tc.time_budget_s, reuse_actors=tc.reuse_actors,
                 search_alg=BasicVariantGenerator(random_state=tc.seed, max_concurrent=tc.max_concurrent_trials or 0),
             ),
@@ -190,8 +191,7 @@ def run_tune_job(spec: TuneJobSpec, ctx: JobContext) -> dict[str, Any]:
               f"scheduler {tc.scheduler.name}, {tc.metric} ({tc.mode}), {tc.iteration_steps} steps per iteration, "
               f"{r.num_workers} worker(s) x {r.cpus_per_worker:g} CPU per trial", flush=True)
         if tc.scheduler.name in ("pbt", "pb2"):
-            fits = population_fits(spec, ray.cluster_resources())
-            print("raytron: the population runs at once, so a trial pauses only when it is exploited" if fits else
+            print("raytron: the population runs at once, so a trial pauses only when it is exploited" if population_fits(spec, cluster) else
                   "raytron: the population does not fit the cluster at once (or max_concurrent_trials), so trials take turns: "
                   "each pauses at a perturbation point while another waits", flush=True)
     grid = tuner.fit()
