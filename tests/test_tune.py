@@ -257,6 +257,16 @@ def test_asha_stops_weak_trials_early(head, digits, tmp_path):
 
 
 @pytest.mark.slow
+def test_missing_shards_fail_the_search_before_any_trial_starts(head, tmp_path):
+    spec = write(tmp_path, spec_dict(str(tmp_path / "no-shards"), tune={"scheduler": {"name": "fifo"}}), "noshards")
+    result = head.cli("submit", str(spec), "--wait", timeout_s=300)
+    assert result.returncode == 1, result.output
+    logs = result.stdout + result.stderr
+    assert "`train.data.manifest`" in logs and "no manifest.json" in logs, logs
+    assert "Trial task failed" not in logs and not (tmp_path / "runs" / "noshards" / "ray_tune").exists(), logs
+
+
+@pytest.mark.slow
 def test_an_interrupted_tune_run_continues_when_submitted_again(head, digits, tmp_path):
     spec = write(tmp_path, spec_dict(digits, steps=400, model={"recipe": "mlp", "args": {"hidden": 256}}, tune={"scheduler": {"name": "fifo"}, "num_samples": 2,
                                                              "search_space": {"optimizer.lr": {"uniform": [0.02, 0.1]}}}), "again")

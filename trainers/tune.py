@@ -157,6 +157,13 @@ def run_tune_job(spec: TuneJobSpec, ctx: JobContext) -> dict[str, Any]:
     if spec_file.is_file() and json.loads(spec_file.read_text()) != ours:
         raise TuneError(f"{run_dir} holds a tune run of another spec; a resubmission continues a run only with the same spec: "
                         "use another `name` (or `storage.path`) to start a new search")
+    from raytron.datasets.errors import DataError
+    from raytron.datasets.manifest import Manifest
+
+    try:  # once here, not once per trial: shards that are not there would fail every trial the same way
+        Manifest.load(spec.train.data.manifest)
+    except DataError as exc:
+        raise TuneError(f"`train.data.manifest`: {exc}") from None
     ray.init(address="auto", log_to_driver=True)
     # Tune stops gracefully on SIGINT (saving its state); `raytron stop` sends SIGTERM first.
     signal.signal(signal.SIGTERM, lambda *_: os.kill(os.getpid(), signal.SIGINT))
