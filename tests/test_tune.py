@@ -16,6 +16,7 @@ from raytron.datasets.sources import SourceConfig
 from raytron.datasets.writer import BuildConfig, build_shards
 from raytron.trainers.recipes import MLP
 from raytron.trainers.steps import apply_optimizer_settings, lr_schedule
+from raytron.trainers.tune_budget import IterationBudget
 from raytron.trainers.tune_spec import TuneJobSpec
 from raytron.trainers.tune_trial import state_sha256
 
@@ -73,6 +74,7 @@ def results(tmp_path: Path, name: str) -> dict:
      "tune.scheduler.hyperparam_mutations.optimizer.lr", "continuous bounds"),
     ({"scheduler": {"name": "sgd"}}, "tune.scheduler.name", "'pbt'"),
     ({"max_concurrent_trials": 2}, "tune.max_concurrent_trials", "whole population (4 trials)"),
+    ({"iteration_budget": 0}, "tune.iteration_budget", "greater than or equal to 1"),
 ])
 def test_invalid_tune_specs_name_the_field(tune, path, words):
     with pytest.raises(SpecError) as info:
@@ -163,6 +165,23 @@ def test_pbt_perturbations_stay_inside_the_search_space():
     assert seen == {"sgd", "adamw"}  # a choice moves along its list, never multiplied
 
 
+def test_the_iteration_budget_counts_the_iterations_in_the_history(tmp_path):
+    history = tmp_path / "history.jsonl"
+    budget = IterationBudget(history, 5)
+    assert budget("a", {}) is False and budget.spent == 0 and not budget.stop_all()  # no history yet
+    rows = [{"trial_id": "a", "iteration": 1}, {"trial_id": "a", "event": "resumed", "iteration": 1}, {"trial_id": "b", "iteration": 1}]
+    history.write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"trial_id": "c", "itera')  # the last row is being written
+    assert budget("a", {}) is False and budget.spent == 2 and not budget.stop_all()
+    with history.open("a") as f:
+        f.write('tion": 1}\n' + "".join(json.dumps({"trial_id": t, "iteration": 2}) + "\n" for t in ("a", "b")))
+    budget("b", {})
+    assert budget.spent == 5 and budget.stop_all()
+    # A resubmitted run's stopper starts with nothing read and counts what the earlier one spent.
+    again = IterationBudget(history, 6)
+    again("c", {})
+    assert again.spent == 5 and not again.stop_all()
+
+
 @pytest.mark.parametrize("tune,resources,cluster,fits", [
     ({}, {"num_workers": 1, "cpus_per_worker": 1}, {"CPU": 4.0}, True),
     ({}, {"num_workers": 1, "cpus_per_worker": 1}, {"CPU": 3.0}, False),
@@ -219,10 +238,12 @@ def test_pbt_exploits_restore_the_donors_weights(head, digits, tmp_path):
 
 
 @pytest.mark.slow
-def test_asynchronous_pbt_pauses_only_the_trials_it_exploits_when_the_population_fits(head, digits, tmp_path):
+def test_asynchronous_pbt_pauses_only_the_trials_it_exploits_and_keeps_their_processes_when_the_population_fits(head, digits, tmp_path):
     # 4 trials of 1 CPU on the 4-CPU test head, a perturbation at every iteration. Tune's own PBT
     # would also pause (and restart from their checkpoints) trials that reach a perturbation point
     # while an exploited one is paused; a trial restarted from its own checkpoint logs "resumed".
+    # It would also end an exploited trial's process and start a new one for it, once every trial
+    # has started (nothing left "staged" to reuse the process for).
     spec = write(tmp_path, spec_dict(digits, steps=100, tune={"scheduler": {"name": "pbt", "perturbation_interval": 1, "quantile_fraction": 0.25}}), "apbt")
     run = head.cli("submit", str(spec), "--wait", timeout_s=600)
     assert run.returncode == 0, run.output[-5000:]
@@ -232,6 +253,8 @@ def test_asynchronous_pbt_pauses_only_the_trials_it_exploits_when_the_population
     assert res["exploits"] and all(ex["weights_match"] for ex in res["exploits"]), res["exploits"]
     rows = [json.loads(line) for line in (tmp_path / "runs" / "apbt" / "history.jsonl").read_text().splitlines()]
     assert not [r for r in rows if r.get("event") == "resumed"], [r for r in rows if r.get("event")]
+    # Each recipient went on in one of the 4 trial processes (its own, or another recipient's).
+    assert len({r["pid"] for r in rows if "pid" in r}) == 4, sorted({(r["trial_id"], r["pid"]) for r in rows if "pid" in r})
     for t in res["trials"]:  # every trial reported every iteration up to the last, exploits or not
         assert max(h["iteration"] for h in t["history"]) == 5, t["history"]
     for ex in res["exploits"]:  # the result that ends a trial is no perturbation point
@@ -254,6 +277,22 @@ def test_asha_stops_weak_trials_early(head, digits, tmp_path):
     assert res["total_iterations"] < 4 * 4, iterations
     assert min(iterations.values()) == 1, iterations
     assert res["best"]["config"]["optimizer.lr"] == 0.05
+
+
+@pytest.mark.slow
+def test_an_iteration_budget_ends_the_search(head, digits, tmp_path):
+    # 12 samples of 3 iterations (36 in all), 2 at a time: the budget of 4 ends it within the first trials.
+    spec = write(tmp_path, spec_dict(digits, steps=60, tune={"scheduler": {"name": "fifo"}, "num_samples": 12, "max_concurrent_trials": 2,
+                                                             "iteration_budget": 4}), "budget")
+    run = head.cli("submit", str(spec), "--wait", timeout_s=600)
+    assert run.returncode == 0, run.output[-5000:]
+    assert "the search stops after 4 iterations in all" in run.stdout
+    res = results(tmp_path, "budget")
+    started = [t for t in res["trials"] if t["history"]]
+    # Iterations in flight when the budget is reached (at most one per running trial) still report.
+    assert 4 <= res["total_iterations"] <= 4 + 2 and len(started) <= 3, [(t["trial_id"], t["iterations"]) for t in started]
+    assert res["iteration_budget"] == 4 and res["best"] is not None
+    assert f"{12 - len(started)} not started" in run.stdout, run.stdout[-3000:]
 
 
 @pytest.mark.slow

@@ -145,8 +145,9 @@ def run_tune_job(spec: TuneJobSpec, ctx: JobContext) -> dict[str, Any]:
     import ray
     from ray import tune
 
+    from raytron.trainers.tune_budget import IterationBudget
     from raytron.trainers.tune_results import TableCallback, collect_results, plot_results, render_table
-    from raytron.trainers.tune_trial import run_trial
+    from raytron.trainers.tune_trial import HISTORY_FILE, run_trial
 
     run_dir = spec.run_dir
     experiment = run_dir / "ray_tune" / _EXPERIMENT
@@ -173,6 +174,7 @@ def run_tune_job(spec: TuneJobSpec, ctx: JobContext) -> dict[str, Any]:
     table = TableCallback(spec, every_s=tc.table_every_s)
     run_config = tune.RunConfig(
         name=_EXPERIMENT, storage_path=str(run_dir / "ray_tune"), verbose=0, callbacks=[table],
+        stop=IterationBudget(run_dir / HISTORY_FILE, tc.iteration_budget) if tc.iteration_budget else None,
         failure_config=tune.FailureConfig(max_failures=tc.max_failures),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=None),
     )
@@ -196,7 +198,8 @@ def run_tune_job(spec: TuneJobSpec, ctx: JobContext) -> dict[str, Any]:
         )
         print(f"raytron: tuning {spec.name}: {tc.num_samples} sample(s) over {', '.join(tc.search_space) or 'no search space'}, "
               f"scheduler {tc.scheduler.name}, {tc.metric} ({tc.mode}), {tc.iteration_steps} steps per iteration, "
-              f"{r.num_workers} worker(s) x {r.cpus_per_worker:g} CPU per trial", flush=True)
+              f"{r.num_workers} worker(s) x {r.cpus_per_worker:g} CPU per trial"
+              + (f", the search stops after {tc.iteration_budget} iterations in all" if tc.iteration_budget else ""), flush=True)
         if tc.scheduler.name in ("pbt", "pb2"):
             print("raytron: the population runs at once, so a trial pauses only when it is exploited" if population_fits(spec, cluster) else
                   "raytron: the population does not fit the cluster at once (or max_concurrent_trials), so trials take turns: "

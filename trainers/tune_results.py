@@ -44,15 +44,22 @@ def render_table(spec: TuneJobSpec, rows: list[dict[str, Any]], *, final: bool) 
     metric = spec.tune.metric
     keys = list(spec.tune.search_space)
     head = ["trial", "status", "iter", "step", f"{metric}", *([f"best {metric}"] if final else []), *keys]
+    # Samples not started yet (or never, when a budget ended the search) are counted, not listed:
+    # an ASHA search may hold hundreds, and Tune creates trials only as it can start them under
+    # `max_concurrent_trials`.
+    shown = [r for r in rows if r["iterations"] or r["status"] not in ("PENDING", "NO RESULTS")]
+    total = max(len(rows), spec.num_trials())
+    waiting = total - len(shown)
     lines = []
-    for row in rows:
+    for row in shown:
         cells = [row["trial_id"], row["status"], str(row["iterations"]), str(row.get("step") or "-"), _num(row.get("metric_last"))]
         if final:
             cells.append(_num(row.get("metric_best")))
         cells += [_num(row["config"].get(k)) for k in keys]
         lines.append(cells)
     widths = [max(len(h), *(len(c[i]) for c in lines)) if lines else len(h) for i, h in enumerate(head)]
-    out = [f"raytron: {'final' if final else 'trials of'} {spec.name} ({len(rows)} trial(s))",
+    out = [f"raytron: {'final' if final else 'trials of'} {spec.name} ({total} trial(s)"
+           + (f", {waiting} not started{'' if final else ' yet'}" if waiting else "") + ")",
            "  ".join(h.ljust(w) for h, w in zip(head, widths))]
     out += ["  ".join(c.ljust(w) for c, w in zip(cells, widths)) for cells in lines]
     return "\n".join(out)
@@ -87,9 +94,10 @@ def collect_results(spec: TuneJobSpec, grid, *, wall_s: float) -> dict[str, Any]
             continue
         rows.append({k: v for k, v in row.items() if k != "trial_id"})
     trials, errored, candidates = [], [], []
+    trained = sum(len(rows) for rows in history.values())
     for result in grid:
         trial_id = trial_id_of(result.path) or Path(result.path).name
-        rows = history.get(trial_id, [])
+        rows = _received(history.get(trial_id, []), result.metrics)
         values = [h[tc.metric] for h in rows if tc.metric in h]
         row = {"trial_id": trial_id, "status": "ERROR" if result.error else ("TERMINATED" if values else "NO RESULTS"),
                "iterations": rows[-1]["iteration"] if rows else 0, "step": rows[-1].get("step") if rows else None,
@@ -114,9 +122,26 @@ def collect_results(spec: TuneJobSpec, grid, *, wall_s: float) -> dict[str, Any]
                 "config": config, "checkpoint": ckpt.path, "train_spec": json.loads(spec.trial_spec(config, trial_id or "best").to_json()),
                 "export": f"raytron export {ckpt.path} --name {spec.name}"}
     return {"name": spec.name, "metric": tc.metric, "mode": tc.mode, "scheduler": tc.scheduler.name, "num_samples": tc.num_samples,
-            "iteration_steps": tc.iteration_steps, "wall_s": wall_s, "total_iterations": sum(len(t["history"]) for t in trials),
+            "iteration_steps": tc.iteration_steps, "iteration_budget": tc.iteration_budget, "wall_s": wall_s,
+            # Every iteration trained, with those whose result Tune never took in (below).
+            "total_iterations": trained,
             "best": best, "trials": trials, "errored": [{"trial_id": t["trial_id"], "error": t["error"]} for t in errored],
             "exploits": _read_jsonl(spec.run_dir / EXPLOITS_FILE)}
+
+
+def _received(rows: list[dict[str, Any]], last_result: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """A trial's history up to the last result Tune took in, which ends at the same step.
+
+    A trial writes its history row just before it reports. A result still on its way when the
+    search ends (an iteration budget stops every trial at once) is dropped by Tune with its
+    checkpoint, so the row stays out of the table and the best trial too: the best is always a
+    checkpoint Tune kept.
+    """
+    step = (last_result or {}).get("step")
+    if step is None:
+        return []
+    last = max((i for i, r in enumerate(rows) if r.get("step") == step), default=None)
+    return rows if last is None else rows[:last + 1]
 
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:

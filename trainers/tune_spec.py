@@ -105,6 +105,10 @@ class TuneConfig(SpecModel):
     scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
     time_budget_s: float | None = Field(None, gt=0)
     """Stop the whole search after this many seconds (running trials end at their next report)."""
+    iteration_budget: int | None = Field(None, ge=1)
+    """Stop the whole search once its trials have reported this many iterations in all (a compute
+    budget; with `asha` or `hyperband`, sample more trials than it can finish and let the scheduler
+    spend it). Iterations already in flight when it is reached still finish and report."""
     max_failures: int = Field(1, ge=0, le=100)
     """Times a failed trial is restarted from its last checkpoint."""
     seed: int | None = 0
@@ -184,6 +188,10 @@ class TuneJobSpec(JobSpec):
                 problems.append(SpecProblem("train.checkpoint.every_steps", f"is set by `tune.iteration_steps` ({tc.iteration_steps}) for tuning: every iteration "
                                             "reports a checkpoint, so an exploit always has the donor's weights of that iteration; remove it", self.train.checkpoint.every_steps))
         return problems
+
+    def num_trials(self) -> int:
+        """How many trials the search holds: `num_samples`, times every grid's length."""
+        return self.tune.num_samples * _grid_size(self.tune)
 
     def max_iterations(self) -> int | None:
         """`scheduler.max_t`, or the iterations `train.steps` makes (None when only epochs bound training)."""

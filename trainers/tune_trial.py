@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import socket
 import time
@@ -89,7 +90,7 @@ def run_trial(config: dict[str, Any], spec_json: str) -> None:
         (checkpoint_dir / TRIAL_FILE).write_text(json.dumps({"trial_id": trial_id, "config": config}))
         step = int(metrics.get("step", 0))
         _append_jsonl(tune_spec.run_dir / HISTORY_FILE, {"trial_id": trial_id, "iteration": step // tune_spec.tune.iteration_steps, "time": time.time(),
-                                                         **row, "config": config})
+                                                         "pid": os.getpid(), **row, "config": config})
         tune.report(row, checkpoint=tune.Checkpoint.from_directory(str(checkpoint_dir)))
 
     _train(spec, report, on_restore)
