@@ -108,7 +108,8 @@ class TuneConfig(SpecModel):
     iteration_budget: int | None = Field(None, ge=1)
     """Stop the whole search once its trials have reported this many iterations in all (a compute
     budget; with `asha` or `hyperband`, sample more trials than it can finish and let the scheduler
-    spend it). Iterations already in flight when it is reached still finish and report."""
+    spend it). Every trial stops when it is reached; an iteration in flight then counts as spent,
+    but Tune drops its result."""
     max_failures: int = Field(1, ge=0, le=100)
     """Times a failed trial is restarted from its last checkpoint."""
     seed: int | None = 0
