@@ -28,8 +28,8 @@ Four changes to what Tune's asynchronous PBT does; synchronous PBT is left as Tu
   and a fresh one started for the same trial moments later: a new process, its imports and the
   first torch call, 1.2 to 2.5 s of a 0.25 s iteration on the bench's 2 cores. The recipient is
   staged before the pause, as Tune's controller stages a trial it is about to start, so its actor
-  is kept and the controller's next step restarts the trial on it (or on another recipient's) (reset with the new config, then
-  restored from the donor's checkpoint). This reaches into private parts of Ray 2.60's
+  is kept, and the controller's next step restarts the trial on it or on another kept actor (reset
+  with the new config, then restored from the donor's checkpoint). This reaches into private parts of Ray 2.60's
   `TuneController` (Ray is pinned); where they are missing, or `reuse_actors` is off, or the actor
   is not kept after all, Tune's own pause and restart stay.
 
