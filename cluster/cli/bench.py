@@ -30,7 +30,7 @@ def themes(root: Path) -> list[str]:
 
 def command(
     theme: Annotated[str, typer.Argument(metavar="THEME", help="Which benchmark: a file bench/THEME.py (e.g. submit).", show_default=False)],
-    quick: Annotated[bool, typer.Option("--quick", help="Fewer repetitions: about a minute on 2 cores.")] = False,
+    quick: Annotated[bool, typer.Option("--quick", help="Fewer repetitions: one to three minutes on 2 cores, a smoke run rather than a result.")] = False,
     address: AddressOption = None,
 ) -> int:
     """Run bench/THEME.py: raytron and its baseline measured in the same run, written to bench/results/ as JSON, Markdown and PNG."""
