@@ -289,9 +289,12 @@ def test_an_iteration_budget_ends_the_search(head, digits, tmp_path):
     assert "the search stops after 4 iterations in all" in run.stdout
     res = results(tmp_path, "budget")
     started = [t for t in res["trials"] if t["history"]]
-    # Iterations in flight when the budget is reached (at most one per running trial) still report.
+    # An iteration in flight when the budget is reached (at most one per running trial) counts as
+    # spent; Tune drops its result and checkpoint, so it is in no table row and cannot be the best.
     assert 4 <= res["total_iterations"] <= 4 + 2 and len(started) <= 3, [(t["trial_id"], t["iterations"]) for t in started]
     assert res["iteration_budget"] == 4 and res["best"] is not None
+    assert res["best"]["metric"] == max(t["metric_best"] for t in started), (res["best"], [(t["trial_id"], t["metric_best"]) for t in started])
+    assert Path(res["best"]["checkpoint"], "model.safetensors").is_file()
     assert f"{12 - len(started)} not started" in run.stdout, run.stdout[-3000:]
 
 

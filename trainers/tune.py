@@ -94,10 +94,7 @@ def within_bounds(config: dict[str, Any], bounds: dict[str, tuple[float, float, 
 def population_fits(spec: TuneJobSpec, cluster_resources: dict[str, float]) -> bool:
     """Whether every trial of the search can run at once: within max_concurrent_trials and the cluster's CPUs and GPUs."""
     r, tc = spec.resources, spec.tune
-    trials = tc.num_samples
-    for dist in tc.search_space.values():
-        if "grid" in dist:
-            trials *= len(dist["grid"])
+    trials = spec.num_trials()
     if tc.max_concurrent_trials is not None and tc.max_concurrent_trials < trials:
         return False
     return (trials * r.num_workers * r.cpus_per_worker <= cluster_resources.get("CPU", 0.0) + 1e-9

@@ -148,12 +148,12 @@ class TuneJobSpec(JobSpec):
             problems.append(SpecProblem("tune.mode", f"`{tc.mode}` would search for the worst {tc.metric}; use `{'min' if tc.mode == 'max' else 'max'}`", tc.mode))
         problems += self._scheduler_problems()
         grid = [p for p, d in tc.search_space.items() if "grid" in d]
-        if tc.scheduler.name in ("pbt", "pb2") and tc.num_samples * _grid_size(tc) < 2:
+        if tc.scheduler.name in ("pbt", "pb2") and self.num_trials() < 2:
             problems.append(SpecProblem("tune.num_samples", f"{tc.scheduler.name} needs a population of at least 2 trials", tc.num_samples))
-        if tc.scheduler.name in ("pbt", "pb2") and tc.max_concurrent_trials and tc.max_concurrent_trials < tc.num_samples * _grid_size(tc):
+        if tc.scheduler.name in ("pbt", "pb2") and tc.max_concurrent_trials and tc.max_concurrent_trials < self.num_trials():
             # Tune's variant generator counts paused trials as live and PBT compares only unfinished
             # trials, so the rest of the population would only start once the first ones had ended.
-            problems.append(SpecProblem("tune.max_concurrent_trials", f"{tc.scheduler.name} needs its whole population ({tc.num_samples * _grid_size(tc)} trials) "
+            problems.append(SpecProblem("tune.max_concurrent_trials", f"{tc.scheduler.name} needs its whole population ({self.num_trials()} trials) "
                                         "running together: raise it to num_samples or leave it unset (the cluster's CPUs then bound how many train at once)",
                                         tc.max_concurrent_trials))
         if grid and tc.scheduler.name == "pb2":
