@@ -182,6 +182,40 @@ def test_the_iteration_budget_counts_the_iterations_in_the_history(tmp_path):
     assert again.spent == 5 and not again.stop_all()
 
 
+def test_results_end_each_trial_at_its_last_registered_checkpoint(tmp_path):
+    # The race an iteration budget opens: Tune took in trial a's step-40 result, then stopped the
+    # trial before its checkpoint save resolved. Results must not show a step whose weights are gone,
+    # and must not lose a trial whose latest checkpoint Tune points at another trial's.
+    from ray.tune import Checkpoint, Result
+    from raytron.trainers.tune_results import collect_results
+    from raytron.trainers.tune_trial import HISTORY_FILE, TRIAL_FILE
+
+    spec = parse_spec({**spec_dict(tune={"scheduler": {"name": "fifo"}}), "storage": {"path": str(tmp_path)}})
+    spec.run_dir.mkdir(parents=True)
+    grid, history = [], []
+    for trial_id, accuracies, saved in (("ab12c_00000", [0.6, 0.9], 1), ("ab12c_00001", [0.7], 1)):
+        trial_dir = tmp_path / f"run_trial_{trial_id}_lr=0.1"
+        checkpoints = []
+        for i, acc in enumerate(accuracies, start=1):
+            history.append({"trial_id": trial_id, "iteration": i, "step": 20 * i, "val_accuracy": acc, "config": {"optimizer.lr": 0.1}})
+            if i <= saved:
+                ckpt = trial_dir / f"checkpoint_{i:06d}"
+                ckpt.mkdir(parents=True)
+                (ckpt / TRIAL_FILE).write_text(json.dumps({"trial_id": trial_id, "config": {"optimizer.lr": 0.1}}))
+                checkpoints.append((Checkpoint.from_directory(str(ckpt)), {"step": 20 * i, "val_accuracy": acc}))
+        last = {"step": 20 * len(accuracies), "val_accuracy": accuracies[-1]}  # Tune's last result, checkpoint or not
+        # After a PBT exploit Tune's latest checkpoint of the recipient (b) is the donor's (a's).
+        latest = grid[0].checkpoint if grid else checkpoints[-1][0]
+        grid.append(Result(metrics=last, checkpoint=latest, error=None, path=str(trial_dir), best_checkpoints=checkpoints))
+    (spec.run_dir / HISTORY_FILE).write_text("".join(json.dumps(r) + "\n" for r in history))
+    res = collect_results(spec, grid, wall_s=1.0)
+    rows = {t["trial_id"]: t for t in res["trials"]}
+    assert rows["ab12c_00000"]["iterations"] == 1 and rows["ab12c_00000"]["metric_best"] == 0.6
+    assert res["total_iterations"] == 3  # the dropped iteration was still trained
+    assert res["best"]["trial_id"] == "ab12c_00001" and res["best"]["metric"] == 0.7 == max(t["metric_best"] for t in res["trials"])
+    assert Path(res["best"]["checkpoint"]).is_dir()
+
+
 @pytest.mark.parametrize("tune,resources,cluster,fits", [
     ({}, {"num_workers": 1, "cpus_per_worker": 1}, {"CPU": 4.0}, True),
     ({}, {"num_workers": 1, "cpus_per_worker": 1}, {"CPU": 3.0}, False),

@@ -173,6 +173,8 @@ def run_tune_job(spec: TuneJobSpec, ctx: JobContext) -> dict[str, Any]:
         name=_EXPERIMENT, storage_path=str(run_dir / "ray_tune"), verbose=0, callbacks=[table],
         stop=IterationBudget(run_dir / HISTORY_FILE, tc.iteration_budget) if tc.iteration_budget else None,
         failure_config=tune.FailureConfig(max_failures=tc.max_failures),
+        # Every checkpoint, in the order registered (no score attribute): donors stay on disk, and
+        # results.json ends each trial at the last one (tune_results._latest_checkpoint_metrics).
         checkpoint_config=tune.CheckpointConfig(num_to_keep=None),
     )
     started = time.time()

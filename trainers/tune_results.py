@@ -97,7 +97,7 @@ def collect_results(spec: TuneJobSpec, grid, *, wall_s: float) -> dict[str, Any]
     trained = sum(len(rows) for rows in history.values())
     for result in grid:
         trial_id = trial_id_of(result.path) or Path(result.path).name
-        rows = _received(history.get(trial_id, []), result.metrics)
+        rows = _received(history.get(trial_id, []), _latest_checkpoint_metrics(result))
         values = [h[tc.metric] for h in rows if tc.metric in h]
         row = {"trial_id": trial_id, "status": "ERROR" if result.error else ("TERMINATED" if values else "NO RESULTS"),
                "iterations": rows[-1]["iteration"] if rows else 0, "step": rows[-1].get("step") if rows else None,
@@ -129,15 +129,26 @@ def collect_results(spec: TuneJobSpec, grid, *, wall_s: float) -> dict[str, Any]
             "exploits": _read_jsonl(spec.run_dir / EXPLOITS_FILE)}
 
 
-def _received(rows: list[dict[str, Any]], last_result: dict[str, Any] | None) -> list[dict[str, Any]]:
-    """A trial's history up to the last result Tune took in, which ends at the same step.
+def _latest_checkpoint_metrics(result) -> dict[str, Any] | None:
+    """The metrics reported with the last checkpoint Tune registered for a trial itself, or None.
 
-    A trial writes its history row just before it reports. A result still on its way when the
-    search ends (an iteration budget stops every trial at once) is dropped by Tune with its
-    checkpoint, so the row stays out of the table and the best trial too: the best is always a
-    checkpoint Tune kept.
+    With no `checkpoint_score_attribute` Tune keeps a trial's checkpoints in the order it registered
+    them. `result.checkpoint` is not this: after a PBT exploit it is the donor's checkpoint.
     """
-    step = (last_result or {}).get("step")
+    checkpoints = result.best_checkpoints or []
+    return checkpoints[-1][1] if checkpoints else None
+
+
+def _received(rows: list[dict[str, Any]], last_checkpointed: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """A trial's history up to the last result whose checkpoint Tune registered.
+
+    A trial writes its history row just before it reports. When the search ends at once (an
+    iteration budget stops every trial) Tune drops what is still on its way: a result not yet
+    taken in, and also a result taken in whose checkpoint save had not resolved (stopping a trial
+    clears its pending save). Such rows stay out of the table and the best trial too, so the best
+    is always a checkpoint that exists.
+    """
+    step = (last_checkpointed or {}).get("step")
     if step is None:
         return []
     last = max((i for i, r in enumerate(rows) if r.get("step") == step), default=None)
