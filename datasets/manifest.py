@@ -106,7 +106,7 @@ class Manifest:
         """Hash of the manifest's content: what checkpoints record to tie a run to its data.
 
         Computed once per loaded manifest (it is frozen): serializing the stats' histograms took
-        about 18 ms, twice at every checkpoint."""
+        4.4 ms on the digits manifest, and a training loop asks twice at every checkpoint."""
         return hashlib.sha256(self.to_json().encode()).hexdigest()
 
     @classmethod
