@@ -287,8 +287,15 @@ def test_asynchronous_pbt_pauses_only_the_trials_it_exploits_and_keeps_their_pro
     assert res["exploits"] and all(ex["weights_match"] for ex in res["exploits"]), res["exploits"]
     rows = [json.loads(line) for line in (tmp_path / "runs" / "apbt" / "history.jsonl").read_text().splitlines()]
     assert not [r for r in rows if r.get("event") == "resumed"], [r for r in rows if r.get("event")]
-    # Each recipient went on in one of the 4 trial processes (its own, or another recipient's).
-    assert len({r["pid"] for r in rows if "pid" in r}) == 4, sorted({(r["trial_id"], r["pid"]) for r in rows if "pid" in r})
+    # An exploited trial's process is kept: the process that reported the recipient's perturbation
+    # point reports again, for the recipient or for a trial it was handed to. Tune's PBT stops that
+    # process once nothing is staged to start and starts a new one (the recipient then waits 1-2 s for
+    # it, or for a process a finished trial leaves). Which process goes on with which trial is Tune's
+    # choice: a trial still waiting for its first process may take a recipient's (seen in CI).
+    for ex in res["exploits"]:
+        point = max((r for r in rows if r.get("trial_id") == ex["recipient"] and "pid" in r and r["time"] < ex["time"]), key=lambda r: r["time"])
+        assert any(r["pid"] == point["pid"] and r["time"] > point["time"] for r in rows if "pid" in r), \
+            (ex, point, sorted({(r["trial_id"], r["pid"]) for r in rows if "pid" in r}))
     for t in res["trials"]:  # every trial reported every iteration up to the last, exploits or not
         assert max(h["iteration"] for h in t["history"]) == 5, t["history"]
     for ex in res["exploits"]:  # the result that ends a trial is no perturbation point
