@@ -3,7 +3,8 @@ and writing a theme's results as JSON, a Markdown report and a PNG plot.
 
 A theme is `bench/THEME.py`, run directly or as `raytron bench THEME`. It measures raytron and its
 baseline in the same run and calls `write_results`, which writes
-`<out_dir>/THEME_<host>_<YYYY-MM-DD>.{json,md,png}`, each atomically (temporary file, then rename).
+`<out_dir>/THEME_<host>_<YYYY-MM-DD>.{json,md,png}` (`..._quick.*` for a `--quick` smoke run), each
+atomically (temporary file, then rename).
 """
 
 from __future__ import annotations
@@ -154,6 +155,9 @@ def write_results(
 ) -> dict[str, Path]:
     """Write THEME_<host>_<date>.json, .md and .png into `out_dir`; returns their paths by suffix.
 
+    A smoke run (`config["quick"]`, which every theme's arguments carry) is written as
+    THEME_<host>_<date>_quick.*, so that it never replaces the day's full result.
+
     Args:
         theme: The theme's name (its file's stem).
         config: Everything that decided what was measured (arguments, commands, counts).
@@ -167,7 +171,7 @@ def write_results(
     """
     now = datetime.now().astimezone()
     host = socket.gethostname().split(".")[0] or "host"
-    stem = Path(out_dir) / f"{theme}_{host}_{now:%Y-%m-%d}"
+    stem = Path(out_dir) / f"{theme}_{host}_{now:%Y-%m-%d}{'_quick' if config.get('quick') else ''}"
     record = {
         "theme": theme,
         "created_at": now.isoformat(timespec="seconds"),
