@@ -322,6 +322,13 @@ def test_asha_stops_weak_trials_early(head, digits, tmp_path):
     for trial in res["trials"]:
         assert (Path(trial["path"]) / "progress.csv").is_file() and (Path(trial["path"]) / "result.json").is_file(), trial["path"]
         assert not list(Path(trial["path"]).glob("events.out.tfevents*")), trial["path"]
+    # A history row is timed when its iteration is reported, after the evaluation and checkpoint,
+    # not when the loop logged the step's metrics row.
+    tune_spec = parse_spec(yaml.safe_load(spec.read_text()))
+    for r in map(json.loads, (tmp_path / "runs" / "asha" / "history.jsonl").read_text().splitlines()):
+        metrics = tune_spec.trial_spec(r["config"], r["trial_id"]).run_dir / "metrics.jsonl"
+        logged = next(m for m in map(json.loads, metrics.read_text().splitlines()) if m["step"] == r["step"] and "time" in m)
+        assert r["time"] > logged["time"], (r, logged)
 
 
 @pytest.mark.slow

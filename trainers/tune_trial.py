@@ -33,7 +33,8 @@ EXPLOITS_FILE = "exploits.jsonl"
 #: Written into each checkpoint a trial reports: which trial it belongs to, for the recipient of an exploit.
 TRIAL_FILE = "tune-trial.json"
 #: Every iteration of every trial, in the order they were reported (Tune's own result.json of a
-#: trial restarts after each PBT exploit, so raytron keeps the whole history itself).
+#: trial restarts after each PBT exploit, so raytron keeps the whole history itself). A row's `time`
+#: is when its iteration, evaluated and checkpointed, was reported.
 HISTORY_FILE = "history.jsonl"
 
 
@@ -89,8 +90,10 @@ def run_trial(config: dict[str, Any], spec_json: str) -> None:
         row = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
         (checkpoint_dir / TRIAL_FILE).write_text(json.dumps({"trial_id": trial_id, "config": config}))
         step = int(metrics.get("step", 0))
-        _append_jsonl(tune_spec.run_dir / HISTORY_FILE, {"trial_id": trial_id, "iteration": step // tune_spec.tune.iteration_steps, "time": time.time(),
-                                                         "pid": os.getpid(), **row, "config": config})
+        # The metrics row carries its own `time` (taken before evaluation and checkpoint); the
+        # history's is when the iteration, evaluated and checkpointed, is reported.
+        _append_jsonl(tune_spec.run_dir / HISTORY_FILE, {**row, "trial_id": trial_id, "iteration": step // tune_spec.tune.iteration_steps, "time": time.time(),
+                                                         "pid": os.getpid(), "config": config})
         tune.report(row, checkpoint=tune.Checkpoint.from_directory(str(checkpoint_dir)))
 
     _train(spec, report, on_restore)
