@@ -1,6 +1,7 @@
-"""Ray Tune's PBT and PB2, asynchronous mode made to fit raytron's trials, which checkpoint every iteration.
+"""Ray Tune's PBT and PB2, made to fit raytron's trials, which checkpoint every iteration.
 
-Four changes to what Tune's asynchronous PBT does; synchronous PBT is left as Tune has it.
+Four changes to what Tune's asynchronous PBT does. Synchronous PBT gets the third (no perturbation
+at a trial's last iteration) and is otherwise left as Tune has it.
 
 - A trial pauses to yield its slot only when another trial needs one. At each perturbation point
   Tune pauses the trial whenever any other trial is pending or paused, so that a population larger
@@ -16,9 +17,10 @@ Four changes to what Tune's asynchronous PBT does; synchronous PBT is left as Tu
   was sent back to a donor's iteration 15. raytron's trials report a checkpoint with every
   iteration, so the recipient starts from the donor as it is now, which is what PBT means by
   copying the better member.
-- A trial's last iteration is never a perturbation point. Tune would exploit a trial on the result
-  that ends it and restart it from the donor's checkpoint, to retrain the donor's last iterations
-  and replace the trial's final result with a copy of the donor's. Nor is a trial that has
+- A trial's last iteration is never a perturbation point, in either mode. Tune would exploit a
+  trial on the result that ends it and restart it from the donor's checkpoint, to retrain the
+  donor's last iterations (asynchronous) or to train nothing at all (synchronous: every trial is at
+  its last step), and record an exploit that changes no result. Nor is a trial that has
   reported its last iteration a donor (Tune counts it in the top quantile until it has ended):
   its recipient would restart at the last step with nothing left to train and keep its own older
   result as its last; another top trial still training is the donor instead.
@@ -49,7 +51,7 @@ __all__ = ["PopulationBasedTraining", "PB2"]  # noqa: F822 (PB2 is made by __get
 
 
 class _Asynchronous:
-    """Mixed in before Tune's scheduler: the four changes of the module docstring."""
+    """Mixed in before Tune's scheduler: the changes of the module docstring."""
 
     def __init__(self, *args: Any, yield_at_perturbation: bool = True, last_iteration: int | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -57,9 +59,10 @@ class _Asynchronous:
         self.last_iteration = last_iteration
 
     def on_trial_result(self, tune_controller, trial, result):
-        if not self._synch and self.last_iteration is not None and result.get(self._time_attr, 0) >= self.last_iteration \
+        if self.last_iteration is not None and result.get(self._time_attr, 0) >= self.last_iteration \
                 and self._metric in result and trial in self._trial_state:
-            # Its final score still ranks the others at their perturbation points.
+            # The trial ends here. Its final score still ranks the others at their perturbation
+            # points (asynchronous: they may be behind; synchronous: they all end at this one).
             self._save_trial_state(self._trial_state[trial], result[self._time_attr], result, trial)
             return TrialScheduler.CONTINUE
         decision = super().on_trial_result(tune_controller, trial, result)
