@@ -50,8 +50,9 @@ from ray.tune.schedulers import TrialScheduler
 __all__ = ["PopulationBasedTraining", "PB2"]  # noqa: F822 (PB2 is made by __getattr__)
 
 
-class _Asynchronous:
-    """Mixed in before Tune's scheduler: the changes of the module docstring."""
+class _FitToRaytronTrials:
+    """Mixed in before Tune's scheduler: the changes of the module docstring (all four for
+    asynchronous PBT; for synchronous PBT, only no perturbation at a trial's last iteration)."""
 
     def __init__(self, *args: Any, yield_at_perturbation: bool = True, last_iteration: int | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -141,7 +142,7 @@ def _unstage(controller, trial) -> None:
     controller._actor_cache.decrease_max(trial.placement_group_factory)
 
 
-class PopulationBasedTraining(_Asynchronous, _TunePBT):
+class PopulationBasedTraining(_FitToRaytronTrials, _TunePBT):
     """Tune's PBT with the changes of the module docstring."""
 
 
@@ -151,7 +152,7 @@ def __getattr__(name: str) -> type:
     if name == "PB2":
         from ray.tune.schedulers.pb2 import PB2 as _TunePB2
 
-        cls = type("PB2", (_Asynchronous, _TunePB2), {"__module__": __name__, "__doc__": "Tune's PB2 with the changes of the module docstring."})
+        cls = type("PB2", (_FitToRaytronTrials, _TunePB2), {"__module__": __name__, "__doc__": "Tune's PB2 with the changes of the module docstring."})
         globals()["PB2"] = cls
         return cls
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
