@@ -2,7 +2,9 @@
 
 The submitter passes the validated spec and its class through the job's environment
 (`RAYTRON_SPEC_JSON`, `RAYTRON_SPEC_CLASS`, `RAYTRON_SUBMISSION_ID`); this module re-validates the
-spec and calls the kind's runner. An exception ends the job FAILED with its traceback in the logs.
+spec and calls the kind's runner. An exception ends the job FAILED: a `RaytronError` (raised on
+purpose: its message says what happened and which knob to turn) as one line in the logs, any other
+exception (a bug, or the user's own code failing) with its traceback.
 """
 
 from __future__ import annotations
@@ -52,7 +54,14 @@ def main() -> int:
     spec = spec_cls.model_validate(json.loads(os.environ[SPEC_JSON_ENV]))
     ctx = JobContext(submission_id=os.environ.get(SUBMISSION_ID_ENV, "local"))
     print(f"raytron: running {spec.kind} job {spec.name!r} ({ctx.submission_id})", flush=True)
-    import_object(spec_cls.RUNNER)(spec, ctx)
+    from raytron.cluster.errors import RaytronError
+
+    try:
+        import_object(spec_cls.RUNNER)(spec, ctx)
+    except RaytronError as exc:
+        # A traceback through our own frames would bury the one line the user has to act on.
+        print(f"raytron: {spec.kind} job {spec.name!r} failed: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+        return exc.exit_code or 1
     return 0
 
 

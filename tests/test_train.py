@@ -194,6 +194,17 @@ def test_hung_rank_is_reported_by_number(head, digits, tmp_path):
 
 
 @pytest.mark.slow
+def test_a_bug_in_the_model_function_ends_the_job_with_its_traceback_in_the_logs(head, digits, tmp_path):
+    spec = train_spec(tmp_path, digits, "broken", workers=1, model={"function": "jobfuncs:broken_model"})
+    result = head.cli("submit", str(spec), "--wait", timeout_s=300)
+    assert result.returncode == 1, result.output
+    logs = result.stdout + result.stderr
+    assert "raytron: train job 'broken' failed: WorkerFailed: worker rank 0 failed: RuntimeError: model function broke on purpose" in logs, logs
+    # Where it broke: the rank's own traceback, down to the user's line.
+    assert "raytron: worker rank 0 raised (its traceback)" in logs and 'jobfuncs.py", line' in logs and "in broken_model" in logs, logs
+
+
+@pytest.mark.slow
 def test_gpt_on_token_shards_reports_tokens_per_second(head, tmp_path):
     text = ("raytron trains a small decoder-only transformer on byte tokens. " * 200).encode()
     (tmp_path / "corpus.txt").write_bytes(text)

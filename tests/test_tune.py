@@ -358,6 +358,8 @@ def test_missing_shards_fail_the_search_before_any_trial_starts(head, tmp_path):
     assert result.returncode == 1, result.output
     logs = result.stdout + result.stderr
     assert "`train.data.manifest`" in logs and "no manifest.json" in logs, logs
+    # An error raised on purpose is one line in the logs, with no traceback through raytron's frames.
+    assert "raytron: tune job 'noshards' failed: TuneError: `train.data.manifest`" in logs and "Traceback" not in logs, logs
     assert "Trial task failed" not in logs and not (tmp_path / "runs" / "noshards" / "ray_tune").exists(), logs
 
 

@@ -13,10 +13,12 @@ collective times out the driver can say which ranks never arrived, and what they
 from __future__ import annotations
 
 import socket
+import sys
 from typing import Any
 
 import ray
 
+from raytron.cluster.errors import RaytronError
 from raytron.trainers.errors import CollectiveTimeout, TrainError, WorkerFailed, first_line
 from raytron.trainers.phases import COLLECTIVE_PHASES
 from raytron.trainers.spec import TrainJobSpec
@@ -106,6 +108,10 @@ def _watch(workers: list, refs: list, timeout_s: float, poll_interval_s: float) 
                     raise _timeout_error(workers, rank, cause, timeout_s) from None
                 if isinstance(cause, TrainError):
                     raise type(cause)(f"rank {rank}: {cause}") from None
+                if not isinstance(cause, RaytronError):
+                    # Not raised on purpose (a bug, or the user's model function): the one-line error the
+                    # job ends with cannot show where, so the rank's own traceback goes to the logs first.
+                    print(f"raytron: worker rank {rank} raised (its traceback):\n{exc}", file=sys.stderr, flush=True)
                 raise WorkerFailed(f"worker rank {rank} failed: {type(cause).__name__}: {first_line(cause)}") from None
     return results[0]
 

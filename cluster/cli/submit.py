@@ -77,5 +77,5 @@ def follow(manager, job_id: str, t0: float) -> int:
     detail = f": {first_line.rstrip(',:')}" if first_line else ""
     err.print(f"[red]✘[/] {job_id} {styled_status(record.status)} after {elapsed}{detail}")
     if record.status == "FAILED":
-        err.print(f"[dim]the traceback is in the log above; `raytron logs {job_id}` shows it again[/]")
+        err.print(f"[dim]the error is in the log above; `raytron logs {job_id}` shows it again[/]")
     return 1

@@ -53,3 +53,8 @@ def slow_mlp(manifest, hidden: int = 32, delay_s: float = 0.0, hang_rank: int = 
             return self.inner(x)
 
     return Slow()
+
+
+def broken_model(manifest, **_):
+    """A model function with a bug: training tests check that its traceback reaches the job's logs."""
+    raise RuntimeError("model function broke on purpose")
