@@ -262,6 +262,10 @@ def test_pbt_exploits_restore_the_donors_weights(head, digits, tmp_path):
     assert {ex["iteration"] for ex in res["exploits"]} == {1, 2}, res["exploits"]
     for t in res["trials"]:  # every trial ends on its own last iteration's result
         assert [h["iteration"] for h in t["history"]][-1] == 3, t["history"]
+        # Tune's own log of the trial kept every iteration through the pauses and restarts.
+        logged = [json.loads(line)["training_iteration"] for line in (Path(t["path"]) / "result.json").read_text().splitlines()]
+        assert logged == [1, 2, 3], (t["trial_id"], logged)
+    assert "Remote file not found" not in run.output
     assert "exploited" in run.stdout and "weights equal the donor's" in run.stdout
     assert "raytron: final pbt (4 trial(s))" in run.stdout and "best val_accuracy" in run.stdout
     best = res["best"]

@@ -142,12 +142,13 @@ def _tune_loggers(tensorboard: bool) -> list:
 
     Tune adds JSON, CSV and (when tensorboardX imports) TensorBoard loggers unless
     TUNE_DISABLE_AUTO_CALLBACK_LOGGERS=1; this driver process sets it and passes the ones wanted.
-    JSON and CSV stay: Tune reads them back for a ResultGrid's metrics_dataframe.
+    JSON and CSV stay (Tune reads them back for a ResultGrid's metrics_dataframe), as raytron's
+    versions that keep a restarted trial's log (`tune_results.JsonLogger`).
     """
-    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
+    from raytron.trainers.tune_results import CsvLogger, JsonLogger
 
     os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
-    loggers = [CSVLoggerCallback(), JsonLoggerCallback()]
+    loggers = [CsvLogger(), JsonLogger()]
     if tensorboard:
         from ray.tune.logger import TBXLoggerCallback
 

@@ -11,7 +11,7 @@ from typing import Any
 
 from raytron.trainers.tune_spec import TuneJobSpec
 
-__all__ = ["TableCallback", "collect_results", "plot_results", "render_table"]
+__all__ = ["TableCallback", "JsonLogger", "CsvLogger", "collect_results", "plot_results", "render_table"]
 
 _TRIAL_DIR_RE = re.compile(r"_([0-9a-f]{5}_\d{5})(?:_|/|$)")
 
@@ -20,6 +20,39 @@ def _tune_callback_base():
     from ray.tune import Callback
 
     return Callback
+
+
+def _tune_logger_bases():
+    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
+
+    return JsonLoggerCallback, CSVLoggerCallback
+
+
+class _KeepDriverCopy:
+    """Tune's per-trial log callbacks, except that a trial starting again keeps the driver's own log.
+
+    Whenever a trial with a checkpoint starts, Tune copies its result.json / progress.csv from the
+    run's storage over the driver's copy, so that a run continued by another driver goes on with its
+    logs. Within one driver (a PBT pause and restart) the storage copy is older than the driver's
+    (synced now and then, and at the end) or not there yet: the copy then either warned "Remote file
+    not found" or replaced the file with an older one, losing rows (iterations 5 and 6 of three of
+    the PBT example's trials). The copy is made only when the driver has no log of the trial.
+    """
+
+    def _restore_from_remote(self, file_name: str, trial) -> None:
+        if not Path(trial.local_path, file_name).exists():
+            super()._restore_from_remote(file_name, trial)
+
+
+_JSON_BASE, _CSV_BASE = _tune_logger_bases()
+
+
+class JsonLogger(_KeepDriverCopy, _JSON_BASE):
+    """Ray Tune's JsonLoggerCallback (result.json, params.json per trial), keeping the driver's log on a restart."""
+
+
+class CsvLogger(_KeepDriverCopy, _CSV_BASE):
+    """Ray Tune's CSVLoggerCallback (progress.csv per trial), keeping the driver's log on a restart."""
 
 
 class TableCallback(_tune_callback_base()):
