@@ -260,6 +260,12 @@ def test_pbt_exploits_restore_the_donors_weights(head, digits, tmp_path):
         assert after and after[0]["step"] == ex["step"] + 20 and after[0]["config"]["optimizer.lr"] == ex["new"]["optimizer.lr"]
         assert after[0]["lr"] == pytest.approx(ex["new"]["optimizer.lr"])
     assert {ex["iteration"] for ex in res["exploits"]} == {1, 2}, res["exploits"]
+    # The population fits the head, so a trial waiting at a barrier keeps its process: after each
+    # barrier the same 4 processes train on. Tune's own synchronous PBT stops the processes of all
+    # but one, and the trials take turns on that one while new processes start.
+    rows = [json.loads(line) for line in (tmp_path / "runs" / "pbt" / "history.jsonl").read_text().splitlines()]
+    pids = {it: {r["pid"] for r in rows if r.get("iteration") == it and "pid" in r} for it in (1, 2, 3)}
+    assert len(pids[1]) == 4 and pids[2] == pids[1] and pids[3] == pids[1], pids
     for t in res["trials"]:  # every trial ends on its own last iteration's result
         assert [h["iteration"] for h in t["history"]][-1] == 3, t["history"]
         # Tune's own log of the trial kept every iteration through the pauses and restarts.

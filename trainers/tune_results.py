@@ -36,11 +36,17 @@ class _KeepDriverCopy:
     logs. Within one driver (a PBT pause and restart) the storage copy is older than the driver's
     (synced now and then, and at the end) or not there yet: the copy then either warned "Remote file
     not found" or replaced the file with an older one, losing rows (iterations 5 and 6 of three of
-    the PBT example's trials). The copy is made only when the driver has no log of the trial.
+    the PBT example's trials). The copy is made only when the driver has no log of the trial and
+    the storage has one.
     """
 
     def _restore_from_remote(self, file_name: str, trial) -> None:
-        if not Path(trial.local_path, file_name).exists():
+        from pyarrow.fs import FileType
+
+        if Path(trial.local_path, file_name).exists():
+            return
+        remote = Path(trial.storage.trial_fs_path, file_name).as_posix()
+        if trial.storage.storage_filesystem.get_file_info(remote).type != FileType.NotFound:
             super()._restore_from_remote(file_name, trial)
 
 
