@@ -41,7 +41,7 @@ the barrier); otherwise it is left as Tune has it.
   barrier opened the trials restarted one after another on the one left while new processes
   started (and were killed again, logging "Exception ignored ... sigterm_handler"). In the PBT
   example (4 trials of 0.5 CPU on 2 CPUs, 8 iterations, a barrier every 2) the iterations after
-  the first barrier took 6.2 s instead of 1.5 s. Each trial is staged as it pauses (as an exploited
+  the first barrier took 5.6 s instead of 1.2-1.3 s (3 runs each). Each trial is staged as it pauses (as an exploited
   one is above), so its actor is kept, and when the barrier opens every trial restarts at once on
   a kept process (reset, then restored from its own checkpoint or the donor's).
 
