@@ -405,6 +405,38 @@ def test_an_interrupted_tune_run_continues_when_submitted_again(head, digits, tm
 
 
 @pytest.mark.slow
+def test_an_interrupted_synchronous_pbt_run_continues_on_its_perturbation_points(head, digits, tmp_path):
+    # Tune brings a resumed run's scheduler back as it was when the search started. Synchronous PBT
+    # then set its next barrier to the iteration the trials had reached and paused there, and the
+    # resubmitted run never ended; asynchronous PBT perturbed every trial at its first result.
+    # 20 iterations of 200 steps: a stop takes up to 10 s to reach the trials on 2 busy cores.
+    spec = write(tmp_path, spec_dict(digits, steps=4000, model={"recipe": "mlp", "args": {"hidden": 256}},
+                                     tune={"scheduler": {"name": "pbt", "perturbation_interval": 2, "quantile_fraction": 0.25, "synch": True},
+                                           "iteration_steps": 200}), "spbt")
+    history = tmp_path / "runs" / "spbt" / "history.jsonl"
+
+    def reported() -> list[dict]:
+        return [r for r in map(json.loads, history.read_text().splitlines()) if "pid" in r] if history.is_file() else []
+
+    first = head.cli("submit", str(spec), "--id", "spbt-1", timeout_s=120)
+    assert first.returncode == 0, first.output
+    wait_for(lambda: len(reported()) >= 14, timeout_s=240, what="the trials past their first barrier")
+    stop = head.cli("stop", "spbt-1", timeout_s=120)
+    assert stop.returncode == 0, stop.output
+    before = reported()
+    assert max(r["iteration"] for r in before) < 20, "the run ended before it was stopped"
+    second = head.cli("submit", str(spec), "--wait", timeout_s=300)
+    assert second.returncode == 0, second.output[-5000:]
+    assert "continuing tune run spbt" in second.stdout
+    res = results(tmp_path, "spbt")
+    assert all(t["status"] == "TERMINATED" and t["iterations"] == 20 for t in res["trials"]), res["trials"]
+    # Every exploit, before the interruption and after it, at a perturbation point (and none at the last).
+    assert res["exploits"] and all(ex["iteration"] in range(2, 20, 2) and ex["weights_match"] for ex in res["exploits"]), res["exploits"]
+    if max(r["iteration"] for r in before) < 18:  # a barrier was still ahead: PBT went on exploiting after the restore
+        assert any(ex["time"] > max(r["time"] for r in before) for ex in res["exploits"]), (res["exploits"], max(r["iteration"] for r in before))
+
+
+@pytest.mark.slow
 def test_a_trial_can_train_on_several_workers(head, digits, tmp_path):
     """Two trials of two DDP workers each (rank 0 in the trial, rank 1 an actor in its placement group)."""
     data = spec_dict(digits, steps=40, tune={"scheduler": {"name": "fifo"}, "num_samples": 2, "max_concurrent_trials": 1,

@@ -1,8 +1,9 @@
 """Ray Tune's PBT and PB2, made to fit raytron's trials, which checkpoint every iteration.
 
-Four changes to what Tune's asynchronous PBT does. Synchronous PBT gets the third (no perturbation
-at a trial's last iteration) and, when the population runs at once, the fifth (processes kept at
-the barrier); otherwise it is left as Tune has it.
+Six changes to what Tune's PBT does. Asynchronous PBT gets the first four and the sixth;
+synchronous PBT the third (no perturbation at a trial's last iteration), the fifth when the
+population runs at once (processes kept at the barrier) and the sixth, and is otherwise left as
+Tune has it.
 
 - A trial pauses to yield its slot only when another trial needs one. At each perturbation point
   Tune pauses the trial whenever any other trial is pending or paused, so that a population larger
@@ -44,6 +45,10 @@ the barrier); otherwise it is left as Tune has it.
   the first barrier took 5.6 s instead of 1.2-1.3 s (3 runs each). Each trial is staged as it pauses (as an exploited
   one is above), so its actor is kept, and when the barrier opens every trial restarts at once on
   a kept process (reset, then restored from its own checkpoint or the donor's).
+- A resumed run goes on at its perturbation points. `Tuner.restore` brings the scheduler back as it
+  was when the search started, so Tune's PBT perturbed every resumed trial at its first result,
+  and synchronous PBT waited at a barrier no trial could pass: a resubmitted run hung. At its first
+  result the scheduler puts the trials back where they had got to (`_continue_grid`).
 
 A module of its own (imported only by `build_scheduler`) because Tune pickles the scheduler with the
 experiment, and `Tuner.restore` must find these classes by name.
@@ -61,9 +66,7 @@ __all__ = ["PopulationBasedTraining", "PB2"]  # noqa: F822 (PB2 is made by __get
 
 
 class _FitToRaytronTrials:
-    """Mixed in before Tune's scheduler: the changes of the module docstring (the first four for
-    asynchronous PBT; for synchronous PBT, no perturbation at a trial's last iteration and, when
-    the population fits, processes kept at the barrier)."""
+    """Mixed in before Tune's scheduler: the changes of the module docstring."""
 
     def __init__(self, *args: Any, yield_at_perturbation: bool = True, last_iteration: int | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -71,6 +74,7 @@ class _FitToRaytronTrials:
         self.last_iteration = last_iteration
 
     def on_trial_result(self, tune_controller, trial, result):
+        self._continue_grid(tune_controller)
         if self.last_iteration is not None and result.get(self._time_attr, 0) >= self.last_iteration \
                 and self._metric in result and trial in self._trial_state:
             # The trial ends here. Its final score still ranks the others at their perturbation
@@ -86,6 +90,36 @@ class _FitToRaytronTrials:
             # Waiting at the barrier: staged, its stopped actor is kept for when the barrier opens.
             _stage(getattr(tune_controller, "_tune_controller", tune_controller), trial)
         return decision
+
+    def _continue_grid(self, tune_controller) -> None:
+        """Once per scheduler object, at its first result: put resumed trials back among the perturbation points.
+
+        Tune pickles the scheduler when the search starts, and `Tuner.restore` brings back that
+        state: every trial looks as if it had never been perturbed. Tune's PBT then perturbs each
+        resumed trial at its first result, off the grid of every `perturbation_interval`
+        iterations, and synchronous PBT set its next barrier to the iteration the trials had
+        reached and paused at, where none was ever started again (a resubmitted sync run hung).
+        From where each trial had got to (its last result, restored with it):
+        - asynchronous: each was last perturbed at the last grid point it reached;
+        - synchronous: all meet at the first grid point after the furthest trial, since an
+          interrupted population can be split around a barrier. A trial behind skips the one
+          perturbation it was heading for.
+        A new search (no trial has got anywhere) is left as it is.
+        """
+        if getattr(self, "_grid_continued", False):
+            return
+        self._grid_continued = True
+        interval = self._perturbation_interval
+        reached = {t: int((t.last_result or {}).get(self._time_attr) or 0) for t in tune_controller.get_trials()
+                   if t in self._trial_state and self._trial_state[t].last_result is None and not t.is_finished()}
+        if not any(reached.values()):
+            return
+        barrier = (max(reached.values()) // interval + 1) * interval
+        for trial, k in reached.items():
+            state = self._trial_state[trial]
+            state.last_perturbation_time = state.last_train_time = barrier - interval if self._synch else k // interval * interval
+        if self._synch:
+            self._next_perturbation_sync = barrier
 
     def choose_trial_to_run(self, tune_controller):
         trial = super().choose_trial_to_run(tune_controller)
