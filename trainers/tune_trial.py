@@ -10,7 +10,9 @@ only resume from it: a trial never reloads its own older or newer weights in pla
 If the checkpoint came from another trial it is a PBT exploit: the loop restores the donor's
 weights, optimizer state and data position with the trial's new hyperparameters, the weights
 are hashed right after the restore and compared with the donor checkpoint's tensors (a mismatch
-stops the trial), and the exploit is appended to `<run_dir>/exploits.jsonl`.
+stops the trial), and the exploit is appended to `<run_dir>/exploits.jsonl`. Handed the same
+donor checkpoint again before it checkpointed on its own (a run stopped and resubmitted right after
+an exploit), the trial resumes from its copy and records no second exploit.
 """
 
 from __future__ import annotations
@@ -111,6 +113,10 @@ def _install(src: Path, ckpt_root: Path, tune_spec: TuneJobSpec, config: dict[st
     except (OSError, ValueError, KeyError):
         source = None
     exploit = None
+    if source != trial_id and _installed_already(ckpt_root, step, source):
+        # This exploit's copy is the trial's checkpoint still (nothing trained since): a resubmitted
+        # run resuming the trial from it, not another exploit.
+        return None, step
     if source != trial_id:
         own_meta = _latest_meta(ckpt_root)
         old_body = (own_meta or {}).get("spec", {}).get("train", {})
@@ -129,6 +135,17 @@ def _install(src: Path, ckpt_root: Path, tune_spec: TuneJobSpec, config: dict[st
         shutil.rmtree(old)
     incoming.rename(ckpt_root / f"step-{step:08d}")
     return exploit, step
+
+
+def _installed_already(ckpt_root: Path, step: int, source: str | None) -> bool:
+    """Whether the trial's newest checkpoint is its copy of `source`'s checkpoint at `step`."""
+    name = f"step-{step:08d}"
+    if max((d.name for d in ckpt_root.glob("step-*")), default=None) != name:
+        return False
+    try:
+        return json.loads((ckpt_root / name / TRIAL_FILE).read_text()).get("trial_id") == source
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def _train(spec, report, on_restore) -> dict[str, Any]:
