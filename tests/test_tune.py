@@ -115,8 +115,8 @@ def test_trial_spec_applies_the_sampled_values_and_iterates_in_checkpoints():
 
 
 def test_a_donor_checkpoint_handed_over_again_after_a_resubmission_is_no_second_exploit(tmp_path):
-    """A run stopped after an exploit but before the recipient's next checkpoint resumes the recipient from the donor's copy."""
-    from raytron.trainers.tune_trial import TRIAL_FILE, _install
+    """A run stopped soon after an exploit resumes the recipient from the donor's checkpoint again (seen: exploits 2, 4, 4, 6)."""
+    from raytron.trainers.tune_trial import EXPLOITS_FILE, TRIAL_FILE, _install
 
     spec = parse_spec({**spec_dict(), "storage": {"path": str(tmp_path / "runs")}})
     donor = tmp_path / "donor" / "checkpoint_000001"
@@ -126,12 +126,14 @@ def test_a_donor_checkpoint_handed_over_again_after_a_resubmission_is_no_second_
     ckpt_root = tmp_path / "recipient" / "checkpoints"
     exploit, step = _install(donor, ckpt_root, spec, {"optimizer.lr": 0.012}, "ab12c_00000")
     assert step == 40 and exploit["donor"] == "ab12c_00001" and exploit["new"] == {"optimizer.lr": 0.012}
-    assert [d.name for d in ckpt_root.iterdir()] == ["step-00000040"]
+    # Before the exploit is recorded (the trial records it once the weights check out) it is still one.
+    assert _install(donor, ckpt_root, spec, {"optimizer.lr": 0.012}, "ab12c_00000")[0] is not None
+    spec.run_dir.mkdir(parents=True)
+    (spec.run_dir / EXPLOITS_FILE).write_text(json.dumps({**exploit, "weights_match": True}) + "\n")
+    (ckpt_root / "step-00000060").mkdir()  # trained on, then Tune lost that checkpoint with the stop
     again, step = _install(donor, ckpt_root, spec, {"optimizer.lr": 0.012}, "ab12c_00000")
     assert again is None and step == 40 and [d.name for d in ckpt_root.iterdir()] == ["step-00000040"]
-    # Once the recipient has checkpointed on its own, the same donor checkpoint is a new exploit.
-    (ckpt_root / "step-00000040" / TRIAL_FILE).write_text(json.dumps({"trial_id": "ab12c_00000", "config": {}}))
-    assert _install(donor, ckpt_root, spec, {"optimizer.lr": 0.012}, "ab12c_00000")[0]["donor"] == "ab12c_00001"
+    assert _install(donor, ckpt_root, spec, {"optimizer.lr": 0.012}, "ab12c_00002")[0]["recipient"] == "ab12c_00002"
 
 
 def test_a_resumed_optimizer_takes_the_specs_hyperparameters():

@@ -10,9 +10,9 @@ only resume from it: a trial never reloads its own older or newer weights in pla
 If the checkpoint came from another trial it is a PBT exploit: the loop restores the donor's
 weights, optimizer state and data position with the trial's new hyperparameters, the weights
 are hashed right after the restore and compared with the donor checkpoint's tensors (a mismatch
-stops the trial), and the exploit is appended to `<run_dir>/exploits.jsonl`. Handed the same
-donor checkpoint again before it checkpointed on its own (a run stopped and resubmitted right after
-an exploit), the trial resumes from its copy and records no second exploit.
+stops the trial), and the exploit is appended to `<run_dir>/exploits.jsonl`. Handed a donor
+checkpoint whose exploit is recorded already (a run stopped and resubmitted soon after an exploit),
+the trial resumes from it and records no second exploit.
 """
 
 from __future__ import annotations
@@ -113,11 +113,7 @@ def _install(src: Path, ckpt_root: Path, tune_spec: TuneJobSpec, config: dict[st
     except (OSError, ValueError, KeyError):
         source = None
     exploit = None
-    if source != trial_id and _installed_already(ckpt_root, step, source):
-        # This exploit's copy is the trial's checkpoint still (nothing trained since): a resubmitted
-        # run resuming the trial from it, not another exploit.
-        return None, step
-    if source != trial_id:
+    if source != trial_id and not _recorded_already(tune_spec.run_dir / EXPLOITS_FILE, trial_id, str(src)):
         own_meta = _latest_meta(ckpt_root)
         old_body = (own_meta or {}).get("spec", {}).get("train", {})
         paths = sorted(set(tune_spec.tune.search_space) | set(tune_spec.tune.scheduler.hyperparam_mutations or {}))
@@ -137,15 +133,22 @@ def _install(src: Path, ckpt_root: Path, tune_spec: TuneJobSpec, config: dict[st
     return exploit, step
 
 
-def _installed_already(ckpt_root: Path, step: int, source: str | None) -> bool:
-    """Whether the trial's newest checkpoint is its copy of `source`'s checkpoint at `step`."""
-    name = f"step-{step:08d}"
-    if max((d.name for d in ckpt_root.glob("step-*")), default=None) != name:
-        return False
+def _recorded_already(exploits: Path, recipient: str, donor_checkpoint: str) -> bool:
+    """Whether this exploit is in exploits.jsonl: Tune hands the donor's checkpoint over again when a
+    run is resubmitted before the recipient's next checkpoint was saved in its state, a resume, not
+    another exploit (a new exploit is always of a newer donor checkpoint)."""
     try:
-        return json.loads((ckpt_root / name / TRIAL_FILE).read_text()).get("trial_id") == source
-    except (OSError, ValueError, AttributeError):
+        lines = exploits.read_text().splitlines()
+    except OSError:
         return False
+    for line in lines:
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if row.get("recipient") == recipient and row.get("donor_checkpoint") == donor_checkpoint:
+            return True
+    return False
 
 
 def _train(spec, report, on_restore) -> dict[str, Any]:
