@@ -120,12 +120,12 @@ def trial_id_of(path: str | Path) -> str | None:
 
 def collect_results(spec: TuneJobSpec, grid, *, wall_s: float) -> dict[str, Any]:
     """results.json: every trial's history and status, the best checkpoint, the exploits."""
-    from raytron.trainers.tune_trial import EXPLOITS_FILE, HISTORY_FILE, TRIAL_FILE
+    from raytron.trainers.tune_trial import EXPLOITS_FILE, HISTORY_FILE, TRIAL_FILE, read_jsonl
 
     tc = spec.tune
     better = max if tc.mode == "max" else min
     history: dict[str, list[dict[str, Any]]] = {}
-    for row in _read_jsonl(spec.run_dir / HISTORY_FILE):
+    for row in read_jsonl(spec.run_dir / HISTORY_FILE):
         rows = history.setdefault(row["trial_id"], [])
         if row.get("event") == "resumed":
             # The trial went back to its own checkpoint: what it reported after that is superseded.
@@ -165,7 +165,7 @@ def collect_results(spec: TuneJobSpec, grid, *, wall_s: float) -> dict[str, Any]
             # Every iteration trained, with those whose result Tune never took in (below).
             "total_iterations": trained,
             "best": best, "trials": trials, "errored": [{"trial_id": t["trial_id"], "error": t["error"]} for t in errored],
-            "exploits": _read_jsonl(spec.run_dir / EXPLOITS_FILE)}
+            "exploits": read_jsonl(spec.run_dir / EXPLOITS_FILE)}
 
 
 def _latest_checkpoint_metrics(result) -> dict[str, Any] | None:
@@ -192,18 +192,6 @@ def _received(rows: list[dict[str, Any]], last_checkpointed: dict[str, Any] | No
         return []
     last = max((i for i, r in enumerate(rows) if r.get("step") == step), default=None)
     return rows if last is None else rows[:last + 1]
-
-
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    if not path.is_file():
-        return []
-    rows = []
-    for line in path.read_text().splitlines():
-        try:
-            rows.append(json.loads(line))
-        except ValueError:
-            continue  # a line cut short by a killed trial
-    return rows
 
 
 def plot_results(spec: TuneJobSpec, results: dict[str, Any]) -> list[Path]:

@@ -29,7 +29,7 @@ from typing import Any
 from raytron.trainers.errors import CheckpointError
 from raytron.trainers.tune_spec import TuneJobSpec, get_path
 
-__all__ = ["run_trial", "state_sha256", "EXPLOITS_FILE", "HISTORY_FILE", "TRIAL_FILE"]
+__all__ = ["run_trial", "state_sha256", "read_jsonl", "EXPLOITS_FILE", "HISTORY_FILE", "TRIAL_FILE"]
 
 EXPLOITS_FILE = "exploits.jsonl"
 #: Written into each checkpoint a trial reports: which trial it belongs to, for the recipient of an exploit.
@@ -137,18 +137,7 @@ def _recorded_already(exploits: Path, recipient: str, donor_checkpoint: str) -> 
     """Whether this exploit is in exploits.jsonl: Tune hands the donor's checkpoint over again when a
     run is resubmitted before the recipient's next checkpoint was saved in its state, a resume, not
     another exploit (a new exploit is always of a newer donor checkpoint)."""
-    try:
-        lines = exploits.read_text().splitlines()
-    except OSError:
-        return False
-    for line in lines:
-        try:
-            row = json.loads(line)
-        except ValueError:
-            continue
-        if row.get("recipient") == recipient and row.get("donor_checkpoint") == donor_checkpoint:
-            return True
-    return False
+    return any(r.get("recipient") == recipient and r.get("donor_checkpoint") == donor_checkpoint for r in read_jsonl(exploits))
 
 
 def _train(spec, report, on_restore) -> dict[str, Any]:
@@ -196,6 +185,19 @@ def _get(body: dict[str, Any], path: str) -> Any:
         return get_path(body, path)
     except (KeyError, TypeError):
         return None
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """The rows of a JSON-lines file (none if it is not there), skipping a line cut short by a killed trial."""
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            continue
+    return rows
 
 
 def _append_jsonl(path: Path, row: dict[str, Any]) -> None:
