@@ -23,6 +23,7 @@ import json
 import os
 import signal
 import time
+import uuid
 from typing import Any
 
 from raytron.cluster.runner import JobContext
@@ -120,12 +121,13 @@ def build_scheduler(spec: TuneJobSpec, cluster_resources: dict[str, float] | Non
                 resample_probability=s.resample_probability, synch=s.synch,
                 hyperparam_mutations={p: _mutation(d) for p, d in mutations.items() if "grid" not in d},
                 custom_explore_fn=functools.partial(within_bounds, bounds=_bounds(mutations)), yield_at_perturbation=yield_at_perturbation,
-                last_iteration=spec.max_iterations(), **common)
+                last_iteration=spec.max_iterations(), seed=tc.seed, **common)
         from raytron.trainers.tune_pbt import PB2
 
         bounds = {p: next(iter(d.values())) for p, d in mutations.items() if next(iter(d)) in ("uniform", "loguniform")}
         return PB2(time_attr="training_iteration", perturbation_interval=s.perturbation_interval, quantile_fraction=s.quantile_fraction,
-                   synch=s.synch, hyperparam_bounds=bounds, yield_at_perturbation=yield_at_perturbation, last_iteration=spec.max_iterations(), **common)
+                   synch=s.synch, hyperparam_bounds=bounds, yield_at_perturbation=yield_at_perturbation, last_iteration=spec.max_iterations(),
+                   seed=tc.seed, **common)
     if s.name == "asha":
         from ray.tune.schedulers import ASHAScheduler
 
@@ -186,7 +188,10 @@ def run_tune_job(spec: TuneJobSpec, ctx: JobContext) -> dict[str, Any]:
     signal.signal(signal.SIGTERM, lambda *_: os.kill(os.getpid(), signal.SIGINT))
     r, tc = spec.resources, spec.tune
     bundle = {"CPU": r.cpus_per_worker, **({"GPU": r.gpus_per_worker} if r.gpus_per_worker else {})}
-    trainable = tune.with_resources(tune.with_parameters(run_trial, spec_json=spec.to_json()), tune.PlacementGroupFactory([bundle] * r.num_workers))
+    # This run of the search, named in the trials' history rows (a resubmission is another session).
+    session = uuid.uuid4().hex[:12]
+    trainable = tune.with_resources(tune.with_parameters(run_trial, spec_json=spec.to_json(), session=session),
+                                    tune.PlacementGroupFactory([bundle] * r.num_workers))
     table = TableCallback(spec, every_s=tc.table_every_s)
     run_config = tune.RunConfig(
         name=_EXPERIMENT, storage_path=str(run_dir / "ray_tune"), verbose=0, callbacks=[table, *_tune_loggers(tc.tensorboard)],

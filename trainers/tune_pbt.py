@@ -1,9 +1,9 @@
 """Ray Tune's PBT and PB2, made to fit raytron's trials, which checkpoint every iteration.
 
-Six changes to what Tune's PBT does. Asynchronous PBT gets the first four and the sixth;
+Eight changes to what Tune's PBT does. Asynchronous PBT gets the first four and the last three;
 synchronous PBT the third (no perturbation at a trial's last iteration), the fifth when the
-population runs at once (processes kept at the barrier) and the sixth, and is otherwise left as
-Tune has it.
+population runs at once (processes kept at the barrier) and the last three, and is otherwise left
+as Tune has it.
 
 - A trial pauses to yield its slot only when another trial needs one. At each perturbation point
   Tune pauses the trial whenever any other trial is pending or paused, so that a population larger
@@ -48,7 +48,18 @@ Tune has it.
 - A resumed run goes on at its perturbation points. `Tuner.restore` brings the scheduler back as it
   was when the search started, so Tune's PBT perturbed every resumed trial at its first result,
   and synchronous PBT waited at a barrier no trial could pass: a resubmitted run hung. At its first
-  result the scheduler puts the trials back where they had got to (`_continue_grid`).
+  result the scheduler puts the trials back where they had got to (`_continue_grid`), and drops
+  the decisions Tune restored for saves that were in flight when the run stopped.
+- An exploited trial is not ended by the STOP Tune caches when it pauses a trial that is saving
+  (`_drop_stop_cached_by_pause`). Once in 14 stop-and-resubmit runs a trial ended after a single
+  iteration of the resubmitted run, TERMINATED with no error.
+- With a `seed`, the scheduler's random choices (resample or perturb, by which factor, which donor
+  of the top quantile; PB2's draws) come from generators of its own. Tune's draw from the driver
+  process's `random` and numpy generators, which other code in the driver draws from as well:
+  with both seeded at the driver's start, the synchronous PBT test still explored differently
+  from run to run (an exploit's new learning rate was 0.018 in two runs and a resampled 0.011 in
+  the third). Seeded, a synchronous population makes the same decisions on the same results.
+  Asynchronous PBT still depends on the order the trials report in.
 
 A module of its own (imported only by `build_scheduler`) because Tune pickles the scheduler with the
 experiment, and `Tuner.restore` must find these classes by name.
@@ -59,6 +70,7 @@ from __future__ import annotations
 import random
 from typing import Any
 
+import numpy as np
 from ray.tune.schedulers import PopulationBasedTraining as _TunePBT
 from ray.tune.schedulers import TrialScheduler
 
@@ -68,10 +80,27 @@ __all__ = ["PopulationBasedTraining", "PB2"]  # noqa: F822 (PB2 is made by __get
 class _FitToRaytronTrials:
     """Mixed in before Tune's scheduler: the changes of the module docstring."""
 
-    def __init__(self, *args: Any, yield_at_perturbation: bool = True, last_iteration: int | None = None, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, yield_at_perturbation: bool = True, last_iteration: int | None = None, seed: int | None = None,
+                 **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.yield_at_perturbation = yield_at_perturbation
         self.last_iteration = last_iteration
+        # The states of the scheduler's own `random` and numpy generators (None: the process's).
+        self._draw_states = None if seed is None else (random.Random(seed).getstate(), np.random.RandomState(seed).get_state())
+
+    def _checkpoint_or_exploit(self, *args: Any, **kwargs: Any) -> None:
+        # Every random choice of Tune's PBT and PB2 is made in here (the donor, then `_explore`).
+        if getattr(self, "_draw_states", None) is None:  # None, or a run pickled before there were any
+            return super()._checkpoint_or_exploit(*args, **kwargs)
+        outside = random.getstate(), np.random.get_state()
+        random.setstate(self._draw_states[0])
+        np.random.set_state(self._draw_states[1])
+        try:
+            return super()._checkpoint_or_exploit(*args, **kwargs)
+        finally:
+            self._draw_states = random.getstate(), np.random.get_state()
+            random.setstate(outside[0])
+            np.random.set_state(outside[1])
 
     def on_trial_result(self, tune_controller, trial, result):
         self._continue_grid(tune_controller)
@@ -88,7 +117,7 @@ class _FitToRaytronTrials:
             return TrialScheduler.CONTINUE
         if decision == TrialScheduler.PAUSE and self._synch and not self.yield_at_perturbation and trial.status == trial.RUNNING:
             # Waiting at the barrier: staged, its stopped actor is kept for when the barrier opens.
-            _stage(getattr(tune_controller, "_tune_controller", tune_controller), trial)
+            _stage(_controller(tune_controller), trial)
         return decision
 
     def _continue_grid(self, tune_controller) -> None:
@@ -109,6 +138,14 @@ class _FitToRaytronTrials:
         if getattr(self, "_grid_continued", False):
             return
         self._grid_continued = True
+        # No save of this session can be in flight before its first result, so any decision Tune
+        # has cached to run "once the save is processed" came back with the experiment state and
+        # waits for a save of a process that is gone. It would run at the trial's first save now
+        # instead: a STOP left by the bug `_drop_stop_cached_by_pause` handles ended a resumed
+        # trial after one iteration, TERMINATED with no error (seen once in 14 stop-and-resubmit runs).
+        cached = getattr(_controller(tune_controller), "_cached_trial_decisions", None)
+        if isinstance(cached, dict):
+            cached.clear()
         interval = self._perturbation_interval
         reached = {t: int((t.last_result or {}).get(self._time_attr) or 0) for t in tune_controller.get_trials()
                    if t in self._trial_state and self._trial_state[t].last_result is None and not t.is_finished()}
@@ -123,7 +160,7 @@ class _FitToRaytronTrials:
 
     def choose_trial_to_run(self, tune_controller):
         trial = super().choose_trial_to_run(tune_controller)
-        controller = getattr(tune_controller, "_tune_controller", tune_controller)
+        controller = _controller(tune_controller)
         if trial is not None and trial.status == trial.PAUSED and trial in (getattr(controller, "_staged_trials", None) or ()) \
                 and trial not in controller._trial_to_actor and not controller._actor_cache.has_cached_object(trial.placement_group_factory):
             # Staged by `_exploit`, but its actor went to another trial: unstaged, it is staged
@@ -150,13 +187,13 @@ class _FitToRaytronTrials:
                 # Tune's _exploit hands the recipient donor.last_checkpoint with donor.last_result
                 # as its metrics, and takes its train time from donor.last_train_time.
                 donor.last_checkpoint, donor.last_result, donor.last_train_time = newest.checkpoint, newest.metrics, reached
-        # Schedulers get the controller behind a wrapper that warns about private attributes.
-        controller = getattr(tune_controller, "_tune_controller", tune_controller)
+        controller = _controller(tune_controller)
         staged = (not self._synch or not self.yield_at_perturbation) and trial.status == trial.RUNNING and _stage(controller, trial)
         cached_before = controller._actor_cache.num_cached_objects if staged else 0
         super()._exploit(tune_controller, trial, trial_to_clone)  # pauses the trial: a staged trial's actor is cached
         if staged and controller._actor_cache.num_cached_objects <= cached_before:
             _unstage(controller, trial)  # the actor was not kept after all: Tune starts a new one as usual
+        _drop_stop_cached_by_pause(controller, trial)
 
     def _reached(self, trial) -> int:
         """The last iteration `trial` reported, as the scheduler saw it or as its newest checkpoint says."""
@@ -164,6 +201,29 @@ class _FitToRaytronTrials:
         state = self._trial_state.get(trial)
         return max((newest.metrics.get(self._time_attr, 0) if newest is not None else 0),
                    ((state.last_result or {}).get(self._time_attr, 0) if state is not None else 0))
+
+
+def _controller(tune_controller):
+    """The `TuneController` itself: schedulers get it behind a wrapper that warns about private attributes."""
+    return getattr(tune_controller, "_tune_controller", tune_controller)
+
+
+def _drop_stop_cached_by_pause(controller, trial) -> None:
+    """Forget the STOP that Tune's controller caches when PBT pauses a trial whose save is in flight.
+
+    Tune's `_exploit` pauses a running recipient with `pause_trial(trial, should_checkpoint=False)`,
+    which stops its actor through `_schedule_trial_stop`. While a save is in flight (in synchronous
+    PBT: the recipient reached the barrier a moment before the last trial, and its pause is still
+    saving) that caches a STOP to run once the save is processed, then marks the trial PAUSED. The
+    save is abandoned and the STOP stays (ray-project/ray#57906; Ray 2.60 has no fix): by Tune's
+    code it runs at the trial's next processed save, after the trial has restarted from the donor,
+    and ends it as TERMINATED. Tune also writes cached decisions into its experiment state; seen
+    there, after a stop one iteration past an exploit, and run at the trial's first save of the
+    resubmitted run.
+    """
+    cached = getattr(controller, "_cached_trial_decisions", None)
+    if isinstance(cached, dict) and trial.status == trial.PAUSED and cached.get(trial.trial_id) == TrialScheduler.STOP:
+        del cached[trial.trial_id]
 
 
 def _stage(controller, trial) -> bool:

@@ -113,7 +113,8 @@ class TuneConfig(SpecModel):
     max_failures: int = Field(1, ge=0, le=100)
     """Times a failed trial is restarted from its last checkpoint."""
     seed: int | None = 0
-    """Seed of the search-space sampling (None: a different search every run)."""
+    """Seed of the search-space sampling and of PBT's and PB2's random choices (resample or perturb,
+    which donor), so a synchronous PBT search is repeatable (None: a different search every run)."""
     table_every_s: float = Field(10.0, gt=0)
     """How often the console table is printed while trials run."""
     tensorboard: bool = False

@@ -52,8 +52,12 @@ def state_sha256(state: dict[str, Any]) -> str:
     return digest.hexdigest()
 
 
-def run_trial(config: dict[str, Any], spec_json: str) -> None:
-    """The Tune function trainable (passed through `tune.with_parameters(run_trial, spec_json=...)`)."""
+def run_trial(config: dict[str, Any], spec_json: str, session: str = "") -> None:
+    """The Tune function trainable (passed through `tune.with_parameters(run_trial, spec_json=..., session=...)`).
+
+    `session` names the driver's run of the search (a resubmission is another); it goes into the
+    trial's history rows, so that a resume can be told from a new exploit (`_replayed_exploit`).
+    """
     from ray import tune
 
     ctx = tune.get_context()
@@ -65,12 +69,12 @@ def run_trial(config: dict[str, Any], spec_json: str) -> None:
     given = tune.get_checkpoint()
     if given is not None:
         with given.as_directory() as src:
-            exploit, step = _install(Path(src), ckpt_root, tune_spec, config, trial_id)
+            exploit, step = _install(Path(src), ckpt_root, tune_spec, config, trial_id, session)
         if exploit is None:
             # Its own checkpoint (a restart, or a resubmitted run): iterations it reported after
             # this one were lost with Tune's state and are trained again; the history says so.
             _append_jsonl(tune_spec.run_dir / HISTORY_FILE, {"trial_id": trial_id, "event": "resumed", "iteration": step // tune_spec.tune.iteration_steps,
-                                                             "time": time.time()})
+                                                             "time": time.time(), "session": session})
 
     def on_restore(state: dict[str, Any], ckpt) -> None:
         if exploit is None:
@@ -95,13 +99,14 @@ def run_trial(config: dict[str, Any], spec_json: str) -> None:
         # The metrics row carries its own `time` (taken before evaluation and checkpoint); the
         # history's is when the iteration, evaluated and checkpointed, is reported.
         _append_jsonl(tune_spec.run_dir / HISTORY_FILE, {**row, "trial_id": trial_id, "iteration": step // tune_spec.tune.iteration_steps, "time": time.time(),
-                                                         "pid": os.getpid(), "config": config})
+                                                         "pid": os.getpid(), "session": session, "config": config})
         tune.report(row, checkpoint=tune.Checkpoint.from_directory(str(checkpoint_dir)))
 
     _train(spec, report, on_restore)
 
 
-def _install(src: Path, ckpt_root: Path, tune_spec: TuneJobSpec, config: dict[str, Any], trial_id: str) -> tuple[dict[str, Any] | None, int]:
+def _install(src: Path, ckpt_root: Path, tune_spec: TuneJobSpec, config: dict[str, Any], trial_id: str,
+             session: str = "") -> tuple[dict[str, Any] | None, int]:
     """Make `src` the trial's only checkpoint; returns its step, and the exploit record when it is another trial's."""
     try:
         meta = json.loads((src / "meta.json").read_text())
@@ -113,7 +118,7 @@ def _install(src: Path, ckpt_root: Path, tune_spec: TuneJobSpec, config: dict[st
     except (OSError, ValueError, KeyError):
         source = None
     exploit = None
-    if source != trial_id and not _recorded_already(tune_spec.run_dir / EXPLOITS_FILE, trial_id, str(src)):
+    if source != trial_id and not _replayed_exploit(tune_spec.run_dir, trial_id, str(src), session):
         own_meta = _latest_meta(ckpt_root)
         old_body = (own_meta or {}).get("spec", {}).get("train", {})
         paths = sorted(set(tune_spec.tune.search_space) | set(tune_spec.tune.scheduler.hyperparam_mutations or {}))
@@ -133,11 +138,19 @@ def _install(src: Path, ckpt_root: Path, tune_spec: TuneJobSpec, config: dict[st
     return exploit, step
 
 
-def _recorded_already(exploits: Path, recipient: str, donor_checkpoint: str) -> bool:
-    """Whether this exploit is in exploits.jsonl: Tune hands the donor's checkpoint over again when a
-    run is resubmitted before the recipient's next checkpoint was saved in its state, a resume, not
-    another exploit (a new exploit is always of a newer donor checkpoint)."""
-    return any(r.get("recipient") == recipient and r.get("donor_checkpoint") == donor_checkpoint for r in read_jsonl(exploits))
+def _replayed_exploit(run_dir: Path, recipient: str, donor_checkpoint: str, session: str) -> bool:
+    """Whether Tune hands `recipient` a donor's checkpoint again to resume it, rather than to exploit anew.
+
+    A run stopped soon after an exploit, before Tune's state took in the recipient's next
+    checkpoint, resumes the recipient from the donor's checkpoint when it is resubmitted: a resume,
+    not another exploit. It is one when that exploit is recorded and the recipient has reported
+    nothing in this session yet, since a new exploit follows a result of this session. Within a
+    session, asynchronous PBT can exploit the same donor checkpoint twice (the donor has not
+    reported since), and the second is an exploit too (seen: one recorded as a resume).
+    """
+    if not any(r.get("recipient") == recipient and r.get("donor_checkpoint") == donor_checkpoint for r in read_jsonl(run_dir / EXPLOITS_FILE)):
+        return False
+    return not any(r.get("trial_id") == recipient and r.get("session") == session for r in read_jsonl(run_dir / HISTORY_FILE))
 
 
 def _train(spec, report, on_restore) -> dict[str, Any]:
