@@ -49,7 +49,8 @@ as Tune has it.
   was when the search started, so Tune's PBT perturbed every resumed trial at its first result,
   and synchronous PBT waited at a barrier no trial could pass: a resubmitted run hung. At its first
   result the scheduler puts the trials back where they had got to (`_continue_grid`), and drops
-  the decisions Tune restored for saves that were in flight when the run stopped.
+  the decisions Tune restored for saves that were in flight when the run stopped
+  (`_forget_restored_decisions`).
 - An exploited trial is not ended by the STOP Tune caches when it pauses a trial that is saving
   (`_drop_stop_cached_by_pause`). Once in 14 stop-and-resubmit runs a trial ended after a single
   iteration of the resubmitted run, TERMINATED with no error.
@@ -103,7 +104,10 @@ class _FitToRaytronTrials:
             np.random.set_state(outside[1])
 
     def on_trial_result(self, tune_controller, trial, result):
-        self._continue_grid(tune_controller)
+        if not getattr(self, "_session_started", False):  # this driver's first result (of a new or a resumed run)
+            self._session_started = True
+            _forget_restored_decisions(_controller(tune_controller))
+            self._continue_grid(tune_controller)
         if self.last_iteration is not None and result.get(self._time_attr, 0) >= self.last_iteration \
                 and self._metric in result and trial in self._trial_state:
             # The trial ends here. Its final score still ranks the others at their perturbation
@@ -121,7 +125,7 @@ class _FitToRaytronTrials:
         return decision
 
     def _continue_grid(self, tune_controller) -> None:
-        """Once per scheduler object, at its first result: put resumed trials back among the perturbation points.
+        """At the session's first result: put resumed trials back among the perturbation points.
 
         Tune pickles the scheduler when the search starts, and `Tuner.restore` brings back that
         state: every trial looks as if it had never been perturbed. Tune's PBT then perturbs each
@@ -135,17 +139,6 @@ class _FitToRaytronTrials:
           perturbation it was heading for.
         A new search (no trial has got anywhere) is left as it is.
         """
-        if getattr(self, "_grid_continued", False):
-            return
-        self._grid_continued = True
-        # No save of this session can be in flight before its first result, so any decision Tune
-        # has cached to run "once the save is processed" came back with the experiment state and
-        # waits for a save of a process that is gone. It would run at the trial's first save now
-        # instead: a STOP left by the bug `_drop_stop_cached_by_pause` handles ended a resumed
-        # trial after one iteration, TERMINATED with no error (seen once in 14 stop-and-resubmit runs).
-        cached = getattr(_controller(tune_controller), "_cached_trial_decisions", None)
-        if isinstance(cached, dict):
-            cached.clear()
         interval = self._perturbation_interval
         reached = {t: int((t.last_result or {}).get(self._time_attr) or 0) for t in tune_controller.get_trials()
                    if t in self._trial_state and self._trial_state[t].last_result is None and not t.is_finished()}
@@ -224,6 +217,20 @@ def _drop_stop_cached_by_pause(controller, trial) -> None:
     cached = getattr(controller, "_cached_trial_decisions", None)
     if isinstance(cached, dict) and trial.status == trial.PAUSED and cached.get(trial.trial_id) == TrialScheduler.STOP:
         del cached[trial.trial_id]
+
+
+def _forget_restored_decisions(controller) -> None:
+    """Drop the decisions Tune's controller cached for saves in flight, at a session's first result.
+
+    No save of this session can be in flight before its first result, so a cached decision (to run
+    "once the save is processed") came back with the experiment state and waits for the save of a
+    process that is gone. Tune would run it at the trial's first save now instead: a STOP left by
+    the bug `_drop_stop_cached_by_pause` handles ended a resumed trial after one iteration,
+    TERMINATED with no error (seen once in 14 stop-and-resubmit runs).
+    """
+    cached = getattr(controller, "_cached_trial_decisions", None)
+    if isinstance(cached, dict):
+        cached.clear()
 
 
 def _stage(controller, trial) -> bool:
