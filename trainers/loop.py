@@ -21,6 +21,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from raytron.datasets.batch_cache import cached_batches
 from raytron.datasets.manifest import Manifest
 from raytron.datasets.reader import ReaderConfig, ShardLoader
 from raytron.trainers.checkpoint import Checkpoint, latest_checkpoint, load_model_state, load_optimizer_state, save_checkpoint
@@ -268,12 +269,12 @@ class TrainLoop:
         if t.data.val_split not in manifest.splits:
             return {}
         self._mark("evaluate")
-        loader = ShardLoader(ReaderConfig(manifest=t.data.manifest, split=t.data.val_split, batch_size=max(1, t.global_batch_size // self.world_size),
-                                          shuffle_buffer=0, rank=self.rank, world_size=self.world_size), manifest=manifest)
+        batches = cached_batches(ReaderConfig(manifest=t.data.manifest, split=t.data.val_split, batch_size=max(1, t.global_batch_size // self.world_size),
+                                              shuffle_buffer=0, rank=self.rank, world_size=self.world_size), manifest=manifest, limit_bytes=t.data.val_cache_bytes)
         totals = torch.zeros(3, dtype=torch.float64)  # loss sum, correct, count
         model.eval()
         with torch.no_grad(), torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-            for batch in loader:
+            for batch in batches:
                 x, y = recipe.inputs(batch).to(device), recipe.targets(batch).to(device)
                 out = model(x)
                 totals[0] += float(compute_loss(loss_fn, out, y, t.loss)) * y.shape[0]

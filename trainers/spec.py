@@ -45,6 +45,10 @@ class DataConfig(SpecModel):
     shuffle_buffer: int = Field(1000, ge=0)
     loader_workers: int = Field(0, ge=0, le=32)
     """DataLoader worker processes per training worker."""
+    val_cache_bytes: int = Field(256 * 2**20, ge=0)
+    """Decoded `val_split` batches each training process keeps in memory between evaluations (it is
+    read in the same order every time); a split that takes more is read from its shards at every
+    evaluation. 0: always read from the shards."""
 
 
 class OptimizerConfig(SpecModel):
