@@ -47,36 +47,34 @@ def cached_batches(config: ReaderConfig, *, manifest: Manifest | None = None, li
     if hit is not None:
         _CACHE.move_to_end(key)
         for batch in hit[0]:
-            yield {k: v.clone() if isinstance(v, torch.Tensor) else list(v) for k, v in batch.items()}
+            yield _copy(batch)
         return
     kept: list[dict[str, Any]] | None = [] if limit_bytes > 0 else None
     size = 0
     loader = ShardLoader(config, manifest=manifest)
     for batch in loader:
         if kept is not None:
-            size += _nbytes(batch)
-            if size <= limit_bytes and isinstance(batch, dict):
-                kept.append({k: v.clone() if isinstance(v, torch.Tensor) else list(v) for k, v in batch.items()})
+            size += _nbytes(batch) if isinstance(batch, dict) else limit_bytes + 1  # raw samples (decode=False) are not kept
+            if size <= limit_bytes:
+                kept.append(_copy(batch))
             else:
-                kept = None  # too big (or not decoded): stream every pass
+                kept = None  # over the limit: stream every pass
         yield batch
     # Only a whole, clean pass is kept: one that skipped unreadable samples is read again next time.
     if kept is not None and not loader.skipped_last_epoch:
         _CACHE[key] = (kept, size)
-        while sum(s for _, s in _CACHE.values()) > limit_bytes:
+        while cached_bytes() > limit_bytes:
             _CACHE.popitem(last=False)
 
 
-def _nbytes(batch: Any) -> int:
-    if not isinstance(batch, dict):
-        return 1 << 62
-    total = 0
-    for value in batch.values():
-        if isinstance(value, torch.Tensor):
-            total += value.element_size() * value.nelement()
-        else:  # sample keys: short strings
-            total += sum(len(str(v)) + 50 for v in value)
-    return total
+def _copy(batch: dict[str, Any]) -> dict[str, Any]:
+    """A batch whose tensors and key lists are its own, so neither the cache nor its reader can change the other's."""
+    return {k: v.clone() if isinstance(v, torch.Tensor) else list(v) for k, v in batch.items()}
+
+
+def _nbytes(batch: dict[str, Any]) -> int:
+    # Tensors by their elements; sample keys (short strings) by a generous estimate.
+    return sum(v.element_size() * v.nelement() if isinstance(v, torch.Tensor) else sum(len(str(k)) + 50 for k in v) for v in batch.values())
 
 
 def cached_bytes() -> int:
