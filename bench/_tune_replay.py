@@ -77,6 +77,7 @@ class _Trial:
 
 def replay_search(curves: list[list[float]], method: str, setting: dict[str, Any], *, start_cost: float, rng: random.Random) -> list[tuple[float, float]]:
     """(time, val_accuracy) of every iteration reported within the budget, in reporting order, time 0 at the first."""
+    from ray.tune.schedulers import TrialScheduler
     from ray.tune.schedulers.async_hyperband import _Bracket
 
     max_t, slots, budget = setting["max_iterations"], setting["trials_at_once"], setting["budget"]
@@ -102,7 +103,7 @@ def replay_search(curves: list[list[float]], method: str, setting: dict[str, Any
         accuracy = curves[draw][iteration - 1]
         rows.append((now, accuracy))
         stop = iteration >= max_t
-        if bracket is not None and bracket.on_result(_Trial(str(draw)), iteration, accuracy) == "STOP":
+        if bracket is not None and bracket.on_result(_Trial(str(draw)), iteration, accuracy) == TrialScheduler.STOP:
             stop = True
         if stop:
             start(slot, now, start_cost)

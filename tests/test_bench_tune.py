@@ -1,5 +1,6 @@
-"""The tune benchmark's arithmetic: which draw reached the target, and how a scheduler's goal is judged
-seed by seed against its random search (time to random search's own best, not to a fixed target)."""
+"""The tune benchmark's arithmetic: which draw reached the target, how a scheduler's goal is judged
+seed by seed against its random search (time to random search's own best, not to a fixed target),
+and the replay of ASHA and random search on recorded curves through Tune's own rung rule."""
 
 from __future__ import annotations
 
@@ -9,10 +10,10 @@ import sys
 from helpers import REPO
 
 
-def _bench_tune():
-    sys.path.insert(0, str(REPO / "bench"))  # bench/tune.py imports its harness as `_harness`
+def _bench(file: str, name: str):
+    sys.path.insert(0, str(REPO / "bench"))  # bench modules import each other by file name (`_harness`, `tune`)
     try:
-        spec = importlib.util.spec_from_file_location("raytron_bench_tune", REPO / "bench" / "tune.py")
+        spec = importlib.util.spec_from_file_location(name, REPO / "bench" / file)
         module = importlib.util.module_from_spec(spec)
         sys.modules[spec.name] = module  # its dataclasses look their module up while being made
         spec.loader.exec_module(module)
@@ -21,7 +22,8 @@ def _bench_tune():
         sys.path.remove(str(REPO / "bench"))
 
 
-bt = _bench_tune()
+bt = _bench("tune.py", "raytron_bench_tune")
+replay = _bench("_tune_replay.py", "raytron_bench_tune_replay")
 PLAN = bt.Plan(seeds=2, num_samples=2, max_iterations=3, asha_samples=6, pbt_population=2, waves=2)
 
 
@@ -63,3 +65,17 @@ def test_a_scheduler_that_never_reaches_random_searchs_best_does_not_meet_the_go
     verdict = bt.verdicts_of(ok, PLAN, ratios)["pbt"]
     assert verdict["counts"]["time_to_best"] == (1, 0, 1)  # seed 1 never got to 0.97: ratio 0
     assert not verdict["time"] and not verdict["accuracy"]
+
+
+def test_the_replay_stops_weak_draws_at_asha_rungs_and_runs_random_search_to_the_end():
+    import random
+
+    setting = {"max_iterations": 9, "trials_at_once": 2, "budget": 40, "wide_trials": 4, "grace_period": 1, "reduction_factor": 3.0}
+    good, weak = [0.5 + 0.05 * i for i in range(9)], [0.1] * 9
+    curves = [good, weak, weak, weak] * 5
+    wide = replay.replay_search(curves, "random-wide", setting, start_cost=0.0, rng=random.Random(0))
+    assert len(wide) == 4 * 9  # 4 draws run to max_t, then nothing is left to start
+    asha = replay.replay_search(curves, "asha", setting, start_cost=0.0, rng=random.Random(0))
+    assert len(asha) == 40  # the budget ends it: weak draws stopped at rung 1 free their slots for new draws
+    assert sum(a == 0.1 for _, a in asha) < sum(a == 0.1 for _, a in wide)
+    assert max(a for _, a in asha) == max(good) and [t for t, _ in asha] == sorted(t for t, _ in asha) and asha[0][0] == 0.0
