@@ -29,8 +29,8 @@ random search, whose first trials run to the end undisturbed.
 
 The budget is trial iterations (each `iteration_steps` SGD steps ending in an evaluation on the
 val split): what the method's random search spends, `num_samples x max_iterations` (x `waves` for
-ASHA). Every search is held to it by `tune.iteration_budget` (the search stops once its trials have
-reported that many iterations; those in flight then count as spent, their results dropped). ASHA stops most trials early,
+ASHA). Every search is held to it by `tune.iteration_budget` (the search stops once Tune has taken in
+that many results; iterations then in flight are past it, trained but their results dropped). ASHA stops most trials early,
 so it is given as many samples as could ever start within the budget (`budget / grace_period`) and
 the budget, not the sample count, ends its search. Every method's best accuracy is taken over its
 first `budget` iterations (in the order they were
@@ -92,6 +92,7 @@ class TuneArgs(BenchArgs):
     perturbation_interval: int = option(3, "PBT: iterations between exploit/explore decisions.")
     pbt_population: int | None = option(None, "PBT: trials in the population (default: num_samples); each trains budget / population iterations.")
     quantile_fraction: float = option(0.25, "PBT: the bottom fraction copies the top fraction (0.5 for a population of 2).")
+    pbt_compare: str = option("same_iteration", "PBT: rank trials at the same iteration (same_iteration) or by each one's latest result, as Tune does (latest).")
     grace_period: int = option(1, "ASHA: iterations before a trial can be stopped.")
     reduction_factor: float = option(3.0, "ASHA: 1/reduction_factor of the trials go on at each rung.")
     target_accuracy: float = option(0.95, "A fixed validation accuracy whose first reaching is timed (reported; the goal times random search's best instead).")
@@ -154,7 +155,7 @@ def tune_spec_body(args: TuneArgs, plan: Plan, method: str, seed: int, digits: P
         "random": {"name": "fifo"}, "random-wide": {"name": "fifo"},
         # Asynchronous PBT: with fewer slots than trials, a trial at a perturbation point is paused
         # while others are pending, so the whole population takes turns and is compared together.
-        "pbt": {"name": "pbt", "perturbation_interval": args.perturbation_interval, "quantile_fraction": args.quantile_fraction},
+        "pbt": {"name": "pbt", "perturbation_interval": args.perturbation_interval, "quantile_fraction": args.quantile_fraction, "compare": args.pbt_compare},
         "asha": {"name": "asha", "grace_period": args.grace_period, "reduction_factor": args.reduction_factor},
     }[method]
     return {
@@ -389,7 +390,7 @@ def _notes(args: TuneArgs, plan: Plan, ok: dict[str, list[dict[str, Any]]], rati
         f"random-wide runs {plan.num_samples * plan.waves} trials of {plan.max_iterations} iterations ({plan.waves} waves, budget {plan.wide_budget_iterations}), "
         f"ASHA (grace {args.grace_period}, rf {args.reduction_factor:g}, max_t {plan.max_iterations}) gets the same budget and {plan.asha_samples} samples, as many "
         "as could ever start within it, so the budget and not the sample count ends its search. Every search stops at its budget "
-        "(tune.iteration_budget; iterations in flight then count as spent, but Tune drops their results). "
+        "(tune.iteration_budget, once Tune has taken in that many results; iterations then in flight are past it: trained, but Tune drops their results). "
         "Iterations actually spent (median over seeds): "
         + ", ".join(f"{m} {v:g}" for m, v in spent.items())
         + ". `best_val_accuracy_in_budget` counts only each run's first budget iterations in reporting order (it equals results.json best.metric when a run did not overspend); "
@@ -403,6 +404,9 @@ def _notes(args: TuneArgs, plan: Plan, ok: dict[str, list[dict[str, Any]]], rati
         "56 times in a run with 11 exploits and tripled the time between perturbations (trainers/tune_pbt.py).",
         "An exploited PBT trial goes on in the process it already has; Tune's own PBT ends it and starts a new one once every sample has started "
         "(1.2 to 2.5 s an exploit here against a 0.25 s iteration; trainers/tune_pbt.py).",
+        f"PBT ranks trials with tune.scheduler.compare: {args.pbt_compare} (`--pbt-compare`). same_iteration ranks a trial against the others' "
+        "results at the same iteration; latest is Tune's ranking by each trial's score at its own last perturbation point, which compares a "
+        "trial that started first (the population's processes start seconds apart here) on later iterations than the others.",
     ]
     verdicts = []
     for m, v in verdicts_of(ok, plan, ratios).items():

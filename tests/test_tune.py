@@ -75,6 +75,8 @@ def results(tmp_path: Path, name: str) -> dict:
     ({"scheduler": {"name": "sgd"}}, "tune.scheduler.name", "'pbt'"),
     ({"max_concurrent_trials": 2}, "tune.max_concurrent_trials", "whole population (4 trials)"),
     ({"iteration_budget": 0}, "tune.iteration_budget", "greater than or equal to 1"),
+    ({"scheduler": {"name": "asha", "compare": "latest"}}, "tune.scheduler.compare", "does not apply to scheduler `asha`"),
+    ({"scheduler": {"name": "pbt", "compare": "oldest"}}, "tune.scheduler.compare", "'same_iteration'"),
 ])
 def test_invalid_tune_specs_name_the_field(tune, path, words):
     with pytest.raises(SpecError) as info:
@@ -174,6 +176,59 @@ def test_a_resumed_optimizer_takes_the_specs_hyperparameters():
     assert opt2.param_groups[0]["lr"] == pytest.approx(0.01 * lr_schedule(new_t, 60)(6))
 
 
+def test_asynchronous_pbt_ranks_trials_at_the_same_iteration():
+    """A trial that started first is not ranked on its later iterations against the others' first ones."""
+    from raytron.trainers.tune_pbt import rank_at_same_iteration, record_score
+
+    scores: dict[str, dict[int, float]] = {}
+    for i in range(1, 13):  # the first trial to start: a weak draw, 12 iterations in
+        record_score(scores, "early", i, 0.04 * i)
+    for name, rate in (("a", 0.2), ("b", 0.15), ("c", 0.1)):  # started later, learning faster
+        for i in range(1, 4):
+            record_score(scores, name, i, rate * i)
+    # Tune's ranking by each trial's latest score puts "early" (0.48) on top of a, b, c (0.6, 0.45, 0.3).
+    # At the same iteration (3, the furthest that 2 of 4 trials have reached) it is the worst.
+    assert rank_at_same_iteration(scores, 12, quorum=2) == ["early", "c", "b", "a"]
+    # Ranked at c's own perturbation point (iteration 3) with everyone there: the same order.
+    assert rank_at_same_iteration(scores, 3, quorum=2) == ["early", "c", "b", "a"]
+    # Too few trials have reported anything: no ranking, so no exploit.
+    assert rank_at_same_iteration({"a": {1: 0.5}, "b": {}}, 1, quorum=2) == []
+    # A trial behind the ranking iteration is left out; one that jumped past it (an exploit) is
+    # ranked by its first score after it.
+    assert rank_at_same_iteration({"a": {1: 0.5, 2: 0.6}, "b": {1: 0.4}, "j": {1: 0.1, 5: 0.9}}, 2, quorum=2) == ["a", "j"]
+    # Sent back to a donor's earlier iteration, a trial's scores past it belonged to its old weights.
+    record_score(scores, "early", 4, 0.7)
+    assert sorted(scores["early"]) == [1, 2, 3, 4] and scores["early"][4] == 0.7
+
+
+def test_a_donor_first_ranked_on_top_at_the_same_iteration_is_given_its_newest_checkpoint_and_score(tmp_path):
+    """Tune clones a donor only through the checkpoint (and logs the score) noted at the donor's own
+    perturbation points; a trial on top of a same-iteration ranking may have none yet (seen: an
+    exploit failed formatting the donor's score None, and the search with it)."""
+    from ray.train._internal.session import _TrainingResult
+    from ray.tune import Checkpoint
+    from ray.tune.experiment import Trial
+
+    from raytron.trainers.tune import build_scheduler
+    from raytron.trainers.tune_pbt import _arm_donors
+
+    pbt = build_scheduler(parse_spec(spec_dict(tune={"scheduler": {"name": "pbt"}})))
+    pbt.set_search_properties("val_accuracy", "max")
+
+    class Controller:  # what on_trial_add reads of Tune's controller
+        search_alg = None
+
+    recipient, donor, fresh = (Trial("__fake", config={}, trial_id=name, stub=True) for name in ("recipient", "donor", "fresh"))
+    for trial in (recipient, donor, fresh):
+        pbt.on_trial_add(Controller(), trial)
+    newest = Checkpoint.from_directory(str(tmp_path))
+    donor.run_metadata.checkpoint_manager._latest_checkpoint_result = _TrainingResult(checkpoint=newest, metrics={"val_accuracy": 0.8, "training_iteration": 5})
+    _arm_donors(pbt, recipient, [donor, fresh])
+    state = pbt._trial_state[donor]
+    assert (state.last_checkpoint.path, state.last_score, state.last_train_time) == (newest.path, 0.8, 5)
+    assert pbt._trial_state[fresh].last_checkpoint is None  # nothing reported yet: no donor, Tune skips the exploit
+
+
 def test_pbt_perturbations_stay_inside_the_search_space():
     """Ray's PBT scales a value by 0.8/1.2 whatever its bounds; momentum 0.95 * 1.2 would fail the trial."""
     import random
@@ -198,21 +253,35 @@ def test_pbt_perturbations_stay_inside_the_search_space():
     assert seen == {"sgd", "adamw"}  # a choice moves along its list, never multiplied
 
 
-def test_the_iteration_budget_counts_the_iterations_in_the_history(tmp_path):
+def test_the_iteration_budget_counts_earlier_sessions_rows_and_the_results_tune_took_in(tmp_path):
     history = tmp_path / "history.jsonl"
-    budget = IterationBudget(history, 5)
-    assert budget("a", {}) is False and budget.spent == 0 and not budget.stop_all()  # no history yet
-    rows = [{"trial_id": "a", "iteration": 1}, {"trial_id": "a", "event": "resumed", "iteration": 1}, {"trial_id": "b", "iteration": 1}]
-    history.write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"trial_id": "c", "itera')  # the last row is being written
-    assert budget("a", {}) is False and budget.spent == 2 and not budget.stop_all()
-    with history.open("a") as f:
-        f.write('tion": 1}\n' + "".join(json.dumps({"trial_id": t, "iteration": 2}) + "\n" for t in ("a", "b")))
+
+    def write(*rows, partial=""):
+        with history.open("a") as f:
+            f.write("".join(json.dumps(r) + "\n" for r in rows) + partial)
+
+    budget = IterationBudget(history, 4)
+    # A trial writes its row, then reports: rows of results not yet taken in are on their way.
+    write({"trial_id": "a", "iteration": 1, "session": "s1"}, {"trial_id": "b", "iteration": 1, "session": "s1"},
+          {"trial_id": "c", "iteration": 1, "session": "s1"}, partial='{"trial_id": "d", "itera')
+    assert budget("a", {}) is False and budget.spent == 1 and not budget.stop_all()
     budget("b", {})
-    assert budget.spent == 5 and budget.stop_all()
-    # A resubmitted run's stopper starts with nothing read and counts what the earlier one spent.
-    again = IterationBudget(history, 6)
+    budget("c", {})
+    assert budget.spent == 3 and not budget.stop_all()
+    with history.open("a") as f:
+        f.write('tion": 1, "session": "s1"}\n')
+    write({"trial_id": "a", "iteration": 2, "session": "s1"}, {"trial_id": "b", "iteration": 2, "session": "s1"})
+    budget("d", {})  # the 4th result taken in: a's and b's second iterations are past the budget, and dropped
+    assert budget.spent == 4 and budget.stop_all()
+    # A resubmitted run's stopper starts with nothing read: the earlier session's 6 rows are spent
+    # (all were trained), and a's resumed iteration (an event row) is not an iteration.
+    write({"trial_id": "a", "event": "resumed", "iteration": 2, "session": "s2"}, {"trial_id": "a", "iteration": 3, "session": "s2"},
+          {"trial_id": "c", "iteration": 2, "session": "s2"})
+    again = IterationBudget(history, 8)
+    again("a", {})
+    assert again.spent == 7 and not again.stop_all()
     again("c", {})
-    assert again.spent == 5 and not again.stop_all()
+    assert again.spent == 8 and again.stop_all()
 
 
 def test_results_end_each_trial_at_its_last_registered_checkpoint(tmp_path):

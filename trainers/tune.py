@@ -121,13 +121,13 @@ def build_scheduler(spec: TuneJobSpec, cluster_resources: dict[str, float] | Non
                 resample_probability=s.resample_probability, synch=s.synch,
                 hyperparam_mutations={p: _mutation(d) for p, d in mutations.items() if "grid" not in d},
                 custom_explore_fn=functools.partial(within_bounds, bounds=_bounds(mutations)), yield_at_perturbation=yield_at_perturbation,
-                last_iteration=spec.max_iterations(), seed=tc.seed, **common)
+                last_iteration=spec.max_iterations(), seed=tc.seed, compare=s.compare, **common)
         from raytron.trainers.tune_pbt import PB2
 
         bounds = {p: next(iter(d.values())) for p, d in mutations.items() if next(iter(d)) in ("uniform", "loguniform")}
         return PB2(time_attr="training_iteration", perturbation_interval=s.perturbation_interval, quantile_fraction=s.quantile_fraction,
                    synch=s.synch, hyperparam_bounds=bounds, yield_at_perturbation=yield_at_perturbation, last_iteration=spec.max_iterations(),
-                   seed=tc.seed, **common)
+                   seed=tc.seed, compare=s.compare, **common)
     if s.name == "asha":
         from ray.tune.schedulers import ASHAScheduler
 

@@ -65,6 +65,11 @@ class SchedulerConfig(SpecModel):
     (path -> {uniform|loguniform: [low, high]}); default: the continuous search-space entries."""
     synch: bool = False
     """pbt: wait for every trial to reach the perturbation point before deciding (reproducible exploits)."""
+    compare: Literal["same_iteration", "latest"] = "same_iteration"
+    """pbt, pb2 (asynchronous): rank a trial at its perturbation point against the others' results at
+    the same iteration (`same_iteration`; with fewer than half the population there, at the furthest
+    iteration half of it has reached), or against each one's latest result as Tune does (`latest`),
+    which compares a trial that started late with others' later iterations."""
     max_t: int | None = Field(None, ge=1)
     """hyperband, asha: the most iterations a trial runs (default: the train spec's steps / iteration_steps)."""
     grace_period: int = Field(1, ge=1)
@@ -75,8 +80,8 @@ class SchedulerConfig(SpecModel):
 
 _SCHEDULER_FIELDS = {
     "fifo": set(),
-    "pbt": {"perturbation_interval", "quantile_fraction", "resample_probability", "hyperparam_mutations", "synch"},
-    "pb2": {"perturbation_interval", "quantile_fraction", "hyperparam_mutations", "synch"},
+    "pbt": {"perturbation_interval", "quantile_fraction", "resample_probability", "hyperparam_mutations", "synch", "compare"},
+    "pb2": {"perturbation_interval", "quantile_fraction", "hyperparam_mutations", "synch", "compare"},
     "hyperband": {"max_t", "reduction_factor"},
     "asha": {"max_t", "grace_period", "reduction_factor"},
 }
@@ -106,10 +111,10 @@ class TuneConfig(SpecModel):
     time_budget_s: float | None = Field(None, gt=0)
     """Stop the whole search after this many seconds (running trials end at their next report)."""
     iteration_budget: int | None = Field(None, ge=1)
-    """Stop the whole search once its trials have reported this many iterations in all (a compute
+    """Stop the whole search once Tune has taken in this many iterations' results in all (a compute
     budget; with `asha` or `hyperband`, sample more trials than it can finish and let the scheduler
-    spend it). Every trial stops when it is reached; an iteration in flight then counts as spent,
-    but Tune drops its result."""
+    spend it). Every trial stops when it is reached; an iteration then in flight is past the budget:
+    it counts in `total_iterations`, but Tune drops its result."""
     max_failures: int = Field(1, ge=0, le=100)
     """Times a failed trial is restarted from its last checkpoint."""
     seed: int | None = 0
