@@ -266,6 +266,7 @@ def test_the_iteration_budget_counts_earlier_sessions_rows_and_the_results_tune_
           {"trial_id": "c", "iteration": 1, "session": "s1"}, partial='{"trial_id": "d", "itera')
     assert budget("a", {}) is False and budget.spent == 1 and not budget.stop_all()
     budget("b", {})
+    budget("a", {"done": True})  # a finished trial's last result, handed over again: no iteration
     budget("c", {})
     assert budget.spent == 3 and not budget.stop_all()
     with history.open("a") as f:

@@ -40,6 +40,11 @@ class IterationBudget(Stopper):
         return (self.earlier or 0) + self.taken
 
     def __call__(self, trial_id: str, result: dict) -> bool:
+        if result.get("done"):
+            # A finished trial's closing result: Tune hands the stopper the trial's last result
+            # again (marked done), not another iteration (counted, it cut the 8th trial of a
+            # random search short by the 7 that had finished).
+            return False
         if self.earlier is None:
             self.earlier = _earlier_sessions(self.history, trial_id)
         self.taken += 1
