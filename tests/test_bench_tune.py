@@ -42,6 +42,17 @@ def test_job_metrics_names_the_draw_that_reached_the_target_within_the_budget():
     assert bt.job_metrics(r, start=90.0, budget=2, target=0.95)["target_sample"] is None
 
 
+def test_job_metrics_reads_every_reported_iteration_from_the_history():
+    # Trial 7's last result (0.99) is in history.jsonl but not in results.json: the budget ended the
+    # search before Tune registered its checkpoint. Its accuracy was reached within the budget.
+    r = results(("ab12c_00000", [(100.0, 0.5), (102.0, 0.96)]), ("ab12c_00007", [(100.5, 0.8), (101.0, 0.97)]))
+    history = [{"trial_id": t["trial_id"], **h} for t in r["trials"] for h in t["history"]]
+    history += [{"trial_id": "ab12c_00007", "event": "resumed", "time": 102.5}, {"trial_id": "ab12c_00007", "time": 103.0, "val_accuracy": 0.99}]
+    assert bt.job_metrics(r, start=90.0, budget=5, target=0.95)["best_val_accuracy_in_budget"] == 0.97
+    m = bt.job_metrics(r, start=90.0, budget=5, target=0.95, history=history)
+    assert m["best_val_accuracy_in_budget"] == 0.99 and m["curve"][-1] == {"t_s": 3.0, "iterations": 5, "best": 0.99}
+
+
 def row(method: str, seed: int, rows: list[tuple[float, float]], target: float = 0.95) -> dict:
     budget = PLAN.budget_of(method)
     return {"method": method, "seed": seed, **bt.job_metrics(results(("ab12c_00000", rows)), start=rows[0][0], budget=budget, target=target)}
