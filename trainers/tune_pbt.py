@@ -110,17 +110,18 @@ class _FitToRaytronTrials:
         # The states of the scheduler's own `random` and numpy generators (None: the process's).
         self._draw_states = None if seed is None else (random.Random(seed).getstate(), np.random.RandomState(seed).get_state())
 
-    def _checkpoint_or_exploit(self, *args: Any, **kwargs: Any) -> None:
-        # Every random choice of Tune's PBT and PB2 is made in here (the donor, then `_explore`).
+    def _checkpoint_or_exploit(self, trial, tune_controller, upper_quantile, lower_quantile) -> None:
+        args = (trial, tune_controller, upper_quantile, lower_quantile)
         if getattr(self, "_ranking_at", None) is not None:
-            _arm_donors(self, args[0] if args else kwargs.get("trial"), args[2] if len(args) > 2 else kwargs.get("upper_quantile", ()))
+            _arm_donors(self, trial, upper_quantile)
+        # Every random choice of Tune's PBT and PB2 is made in here (the donor, then `_explore`).
         if getattr(self, "_draw_states", None) is None:
-            return super()._checkpoint_or_exploit(*args, **kwargs)
+            return super()._checkpoint_or_exploit(*args)
         outside = random.getstate(), np.random.get_state()
         random.setstate(self._draw_states[0])
         np.random.set_state(self._draw_states[1])
         try:
-            return super()._checkpoint_or_exploit(*args, **kwargs)
+            return super()._checkpoint_or_exploit(*args)
         finally:
             self._draw_states = random.getstate(), np.random.get_state()
             random.setstate(outside[0])
@@ -261,9 +262,9 @@ def rank_at_same_iteration(scores: dict[str, dict[int, float]], iteration: int, 
     ranked by its first score after it. Empty when fewer than `quorum` trials have any score.
     """
     reached = sorted((max(own) for own in scores.values() if own), reverse=True)
-    if len(reached) < max(quorum, 1):
+    if quorum < 1 or len(reached) < quorum:
         return []
-    at = min(iteration, reached[quorum - 1] if quorum >= 1 else reached[0])
+    at = min(iteration, reached[quorum - 1])
     ranked = []
     for trial_id, own in scores.items():
         later = [i for i in own if i >= at]
