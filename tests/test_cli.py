@@ -103,6 +103,15 @@ def test_unknown_bench_theme_lists_the_themes(env):
     assert "available:" in result.stderr and "submit" in result.stderr
 
 
+def test_bench_passes_the_options_it_does_not_know_to_the_theme(env):
+    """`raytron bench tune --repeats 3` reaches bench/tune.py; what the theme refuses, it says."""
+    result = run_cli("bench", "tune", "--repeats", "three", env=env)
+    assert result.returncode == 2
+    assert "tune.py: error: argument --repeats: invalid int value: 'three'" in result.stderr, result.stderr
+    result = run_cli("bench", "tune", "--no-such-option", env=env)
+    assert result.returncode == 2 and "unrecognized arguments: --no-such-option" in result.stderr, result.stderr
+
+
 def test_import_datasets_from_the_repo_root_is_never_ours():
     """Hugging Face's `datasets` must not be shadowed by our datasets/ folder."""
     code = "import datasets, sys; print(getattr(datasets, '__file__', None)); print(list(getattr(datasets, '__path__', [])))"

@@ -222,12 +222,13 @@ class _FitToRaytronTrials:
             if not others:
                 return  # no exploit this time; the trial goes on as it is
             trial_to_clone = random.choice(others)
+            other = self._trial_state[trial_to_clone]
+            if isinstance(other.last_checkpoint, _FutureTrainingResult):
+                # A save Tune asked of it at its perturbation point; Tune resolves only its own pick's.
+                saved = other.last_checkpoint.resolve()
+                other.last_checkpoint = saved.checkpoint if saved else None
+                other.last_result = saved.metrics if saved else other.last_result
         donor = self._trial_state[trial_to_clone]
-        if isinstance(donor.last_checkpoint, _FutureTrainingResult):
-            # A save Tune asked of another top trial than the one it picked (Tune resolves only its own pick's).
-            saved = donor.last_checkpoint.resolve()
-            donor.last_checkpoint = saved.checkpoint if saved else None
-            donor.last_result = saved.metrics if saved else donor.last_result
         newest = _own_newest_checkpoint(trial_to_clone)
         if not self._synch and newest is not None:
             reached = newest.metrics.get(self._time_attr)
@@ -277,11 +278,17 @@ def rank_at_same_iteration(scores: dict[str, dict[int, float]], iteration: int, 
     out. A trial that passed it without reporting it (it jumped ahead by exploiting a donor) is
     ranked by its first score after it. Empty when fewer than `quorum` trials have any score.
     """
-    if quorum < 1 or sum(1 for own in scores.values() if own) < quorum:
+    return [trial_id for _, trial_id in _ranked_scores(scores, iteration, quorum)]
+
+
+def _ranked_scores(scores: dict[str, dict[int, float]], iteration: int, quorum: int) -> list[tuple[float, str]]:
+    """(score, trial) from worst to best, as `rank_at_same_iteration` ranks them."""
+    reached = sorted((max(own) for own in scores.values() if own), reverse=True)
+    if quorum < 1 or len(reached) < quorum:
         return []
-    at = _ranking_iteration(scores, iteration, quorum)
-    ranked = sorted(((_score_at(own, at), trial_id) for trial_id, own in scores.items() if own and max(own) >= at), key=lambda pair: pair[0])
-    return [trial_id for _, trial_id in ranked]
+    at = min(iteration, reached[quorum - 1])
+    ranked = [(own[min(i for i in own if i >= at)], trial_id) for trial_id, own in scores.items() if own and max(own) >= at]
+    return sorted(ranked, key=lambda pair: pair[0])
 
 
 def quantiles_at_same_iteration(scores: dict[str, dict[int, float]], iteration: int, quorum: int,
@@ -294,23 +301,13 @@ def quantiles_at_same_iteration(scores: dict[str, dict[int, float]], iteration: 
     PBT test (4 trials, every iteration a perturbation point) over half of the exploits went to
     trials that had scored at least what their donor had.
     """
-    ranked = rank_at_same_iteration(scores, iteration, quorum)
+    ranked = _ranked_scores(scores, iteration, quorum)
     if len(ranked) <= 1:
         return [], []
     n = min(math.ceil(len(ranked) * fraction), len(ranked) // 2)
     upper = ranked[len(ranked) - n:]
-    at = _ranking_iteration(scores, iteration, quorum)
-    floor = min(_score_at(scores[i], at) for i in upper)
-    return [i for i in ranked[:n] if _score_at(scores[i], at) < floor], upper
-
-
-def _ranking_iteration(scores: dict[str, dict[int, float]], iteration: int, quorum: int) -> int:
-    reached = sorted((max(own) for own in scores.values() if own), reverse=True)
-    return min(iteration, reached[quorum - 1])
-
-
-def _score_at(own: dict[int, float], at: int) -> float:
-    return own[min(i for i in own if i >= at)]
+    floor = upper[0][0]
+    return [i for score, i in ranked[:n] if score < floor], [i for _, i in upper]
 
 
 def _arm_donors(scheduler, trial, upper_quantile) -> None:

@@ -13,6 +13,8 @@ import typer
 from raytron.cluster.cli._common import AddressOption
 
 NAME = "bench"
+#: Options `raytron bench` does not know go on to bench/THEME.py (its seeds, methods, output folder).
+CONTEXT_SETTINGS = {"allow_extra_args": True, "ignore_unknown_options": True}
 
 
 def bench_dir() -> Path | None:
@@ -29,11 +31,16 @@ def themes(root: Path) -> list[str]:
 
 
 def command(
+    ctx: typer.Context,
     theme: Annotated[str, typer.Argument(metavar="THEME", help="Which benchmark: a file bench/THEME.py (e.g. submit).", show_default=False)],
     quick: Annotated[bool, typer.Option("--quick", help="Fewer repetitions: one to three minutes on 2 cores, a smoke run rather than a result.")] = False,
     address: AddressOption = None,
 ) -> int:
-    """Run bench/THEME.py: raytron and its baseline measured in the same run, written to bench/results/ as JSON, Markdown and PNG."""
+    """Run bench/THEME.py: raytron and its baseline measured in the same run, written to bench/results/ as JSON, Markdown and PNG.
+
+    Any other option goes on to bench/THEME.py, e.g. `raytron bench tune --repeats 3 --methods random,pbt`;
+    `python bench/THEME.py --help` lists a theme's options.
+    """
     from raytron.cluster.cli._common import err
     from raytron.cluster.errors import ClusterError
 
@@ -49,4 +56,4 @@ def command(
         cmd.append("--quick")
     if address:
         cmd += ["--address", address]
-    return subprocess.call(cmd)
+    return subprocess.call(cmd + list(ctx.args))

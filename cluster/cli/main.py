@@ -20,7 +20,7 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 for module in (up, down, status, submit, jobs, logs, stop, export, serve, bench):
-    app.command(module.NAME, help=module.command.__doc__)(module.command)
+    app.command(module.NAME, help=module.command.__doc__, context_settings=getattr(module, "CONTEXT_SETTINGS", None))(module.command)
 app.add_typer(data.app, name=data.NAME)
 app.add_typer(k8s.app, name=k8s.NAME)
 app.command(gateway.NAME, help=gateway.command.__doc__)(gateway.command)
