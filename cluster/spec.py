@@ -235,6 +235,14 @@ def _construct_unique_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, 
 
 
 _UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_unique_mapping)
+# PyYAML follows YAML 1.1, where a float needs a dot: `1e-4` and `3e5` would be strings, so a search
+# space `loguniform: [1e-4, 0.3]` was refused as not numeric. Read them as YAML 1.2 (and Python) do.
+_UniqueKeyLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789"))
+
+
+def _load_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - SafeLoader subclass
 
 
 def load_spec(path: str | Path, overrides: Iterable[str] = ()) -> JobSpec:
@@ -260,7 +268,7 @@ def load_spec(path: str | Path, overrides: Iterable[str] = ()) -> JobSpec:
     except (IsADirectoryError, PermissionError, UnicodeDecodeError) as exc:
         raise SpecError(SpecProblem("", f"cannot read {path}: {exc}", has_value=False), source=source) from None
     try:
-        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - SafeLoader subclass
+        data = _load_yaml(text)
     except yaml.YAMLError as exc:
         raise SpecError(SpecProblem("", f"not valid YAML: {exc}", has_value=False), source=source) from None
     return parse_spec(data, overrides=overrides, base_dir=path.resolve().parent, source=source)
@@ -333,7 +341,7 @@ def apply_overrides(data: Mapping[str, Any], overrides: Iterable[str], *, source
         if not sep or not all(p.strip() for p in parts):
             raise SpecError(SpecProblem("--set", "expected key.path=value, e.g. resources.num_workers=2", item), source=source)
         try:
-            value = yaml.safe_load(raw) if raw.strip() else ""
+            value = _load_yaml(raw) if raw.strip() else ""
         except yaml.YAMLError as exc:
             raise SpecError(SpecProblem(key, f"--set value is not a valid YAML scalar: {exc}", raw), source=source) from None
         node = result

@@ -154,6 +154,16 @@ def test_overrides_are_typed_and_validated(tmp_path):
         load_spec(path, ["name.first=x"])
 
 
+def test_exponent_numbers_are_floats_in_files_and_overrides(tmp_path):
+    """PyYAML's YAML 1.1 reads `1e-4` as a string; a spec means a number."""
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(good()).replace("kwargs:", "kwargs:\n    lr: 1e-4\n    big: 3E5\n    dotted: 1.0e4\n    word: e5\n    version: '1e3'", 1))
+    spec = load_spec(path, ["python.kwargs.space=[1e-4, 2.5e-1, -1e+2]"])
+    assert spec.python.kwargs["lr"] == 1e-4 and spec.python.kwargs["big"] == 3e5 and spec.python.kwargs["dotted"] == 1e4
+    assert spec.python.kwargs["space"] == [1e-4, 0.25, -100.0]
+    assert spec.python.kwargs["word"] == "e5" and spec.python.kwargs["version"] == "1e3"  # quoted stays a string
+
+
 def test_overrides_do_not_mutate_the_input():
     data = good()
     new, touched = apply_overrides(data, ["resources.num_workers=9"])
